@@ -1,0 +1,251 @@
+"""The `lenet` command: argparse sub-commands wired to the library, no logic of its own.
+
+    lenet models [--json]                       lenet summary MODEL [--json]
+    lenet data fetch [--dataset D] [--root DIR] [--from DIR]
+    lenet data show [--dataset D] [--index I] [--grid N --out PNG]
+    lenet train [--preset NAME] [--model M] [--epochs N] [--out DIR] ... [--resume FILE]
+    lenet eval [--checkpoint C] [--dataset D] [--json] [--out DIR]
+    lenet predict [--checkpoint C] IMAGE_OR_DIR... [--json] [--top-k K] [--save-input DIR]
+    lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
+
+Exit codes: 0 success, 1 some inputs failed (predict), 2 bad input (one line on stderr;
+the traceback only with --debug), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lenet import __version__
+from lenet.errors import LenetError
+
+DATASET_CHOICES = ("mnist", "fashion-mnist")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(value))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def cmd_models(args) -> int:
+    from lenet.models import count_parameters, create_model, list_models
+
+    rows = [{"name": s.name, "parameters": count_parameters(create_model(s.name)),
+             "input_size": s.input_size, "mean": s.mean, "std": s.std, "description": s.description}
+            for s in list_models()]
+    if args.json:
+        emit_json(rows)
+    else:
+        print(f"{'model':<24}{'params':>10}  {'input':<7} description")
+        for r in rows:
+            print(f"{r['name']:<24}{r['parameters']:>10,}  {r['input_size']}x{r['input_size']:<4} {r['description']}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from torchinfo import summary
+
+    from lenet.models import count_parameters, create_model, get_spec
+
+    try:
+        spec = get_spec(args.model)
+    except KeyError as exc:
+        raise LenetError(exc.args[0]) from None
+    model = create_model(args.model)
+    stats = summary(model, input_size=(1, 1, spec.input_size, spec.input_size), verbose=0,
+                    col_names=("output_size", "num_params"), depth=3)
+    if args.json:
+        layers = [{"layer": f"{layer.class_name}-{layer.depth_index}" if layer.depth_index else layer.class_name,
+                   "depth": layer.depth, "output_shape": list(layer.output_size), "parameters": layer.trainable_params}
+                  for layer in stats.summary_list if layer.depth > 0]
+        emit_json({"model": spec.name, "input_shape": [1, 1, spec.input_size, spec.input_size],
+                   "parameters": count_parameters(model), "layers": layers})
+    else:
+        print(stats)
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from lenet.data import fetch
+
+    folder = fetch(args.dataset, Path(args.root) if args.root else None,
+                   Path(args.from_dir) if args.from_dir else None)
+    if args.json:
+        emit_json({"dataset": args.dataset, "path": str(folder)})
+    else:
+        print(f"{args.dataset}: verified files in {folder}")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from lenet.data import ascii_image, load_dataset
+
+    data = load_dataset(args.dataset, Path(args.root) if args.root else None)
+    images = data.train_images if args.split == "train" else data.test_images
+    labels = data.train_labels if args.split == "train" else data.test_labels
+    if args.grid is not None:
+        from lenet.report import save_image_grid
+
+        if args.grid < 1 or args.grid * args.grid > len(images):
+            raise LenetError(f"--grid {args.grid}: must be between 1 and {int(len(images) ** 0.5)}")
+        if not args.out:
+            raise LenetError("--grid needs --out FILE.png")
+        n = args.grid * args.grid
+        path = save_image_grid(images[:n], [data.class_names[i] for i in labels[:n].tolist()],
+                               Path(args.out), ncols=args.grid)
+        print(json.dumps({"path": str(path), "images": n}) if args.json else f"wrote {path} ({n} images)")
+        return 0
+    if not 0 <= args.index < len(images):
+        raise LenetError(f"--index {args.index}: the {args.split} set has images 0..{len(images) - 1}")
+    label = int(labels[args.index])
+    if args.json:
+        emit_json({"dataset": data.name, "split": args.split, "index": args.index, "label": label,
+                   "name": data.class_names[label], "pixels": images[args.index].tolist()})
+    else:
+        print(ascii_image(images[args.index]))
+        print(f"{data.name} {args.split}[{args.index}]: label {label} ({data.class_names[label]})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lenet import config
+    from lenet.train import fit
+
+    base = None
+    if args.resume:
+        from lenet.checkpoint import load_extra_state
+
+        _, meta, _ = load_extra_state(args.resume)
+        base = {**meta.get("config", {}), "out": str(Path(args.resume).parent)}
+    cfg = config.from_args(args, base)
+    metrics = fit(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        emit_json(metrics)
+    else:
+        print(f"test accuracy {metrics['test_accuracy']:.4f} (best validation {metrics['best_val_accuracy']:.4f} "
+              f"at epoch {metrics['best_epoch']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from lenet.evaluate import eval_command
+
+    result = eval_command(args.checkpoint, args.dataset, Path(args.out) if args.out else None, args.root)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"{result['checkpoint']} on {result['dataset']} test: accuracy {result['accuracy']:.4f}, "
+              f"loss {result['loss']:.4f}")
+        for name, acc in zip(result["class_names"], result["per_class_accuracy"]):
+            print(f"  {name:<12} {acc:.4f}")
+        for path in result.get("files", []):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from lenet.predict import predict_command
+
+    return predict_command(args.inputs, args.checkpoint, args.top_k, args.json, args.save_input)
+
+
+def cmd_serve(args) -> int:
+    from lenet.serve import serve_command
+
+    return serve_command(args.checkpoint or [None], host=args.host, port=args.port)
+
+
+# -- parser --------------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    p = Parser(prog="lenet", description="LeNet-5 handwritten-digit recognition: train, evaluate, "
+               "predict, serve. `--checkpoint` defaults to the embedded MNIST LeNet-5.")
+    p.add_argument("--version", action="version", version=f"lenet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+
+    def command(name: str, func: Callable, help: str, json_flag: bool = True) -> Parser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        return sp
+
+    command("models", cmd_models, "list the registered models")
+    sp = command("summary", cmd_summary, "per-layer output shapes and parameters of a model")
+    sp.add_argument("model", help="model name (see `lenet models`)")
+
+    data = sub.add_parser("data", help="fetch and look at the datasets", description="fetch and look at the datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser, required=True)
+    for name, func, help in (("fetch", cmd_data_fetch, "download or find the dataset, verify SHA-256"),
+                             ("show", cmd_data_show, "show a sample in the terminal, or save a grid")):
+        sp = data_sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--dataset", choices=DATASET_CHOICES, default="mnist")
+        sp.add_argument("--root", help="data folder (default: $LENET_DATA_ROOT or ~/.cache/lenet)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    fetch_p, show_p = data_sub.choices["fetch"], data_sub.choices["show"]
+    fetch_p.add_argument("--from", dest="from_dir", metavar="DIR",
+                         help="use only this folder's four IDX files (.gz or raw)")
+    show_p.add_argument("--split", choices=("train", "test"), default="train")
+    show_p.add_argument("--index", type=int, default=0, help="which image to print (default 0)")
+    show_p.add_argument("--grid", type=int, metavar="N", help="save the first NxN images as a picture")
+    show_p.add_argument("--out", metavar="PNG", help="picture file for --grid")
+
+    from lenet.config import add_arguments
+
+    sp = command("train", cmd_train, "train a model; writes DIR/model.safetensors, metrics.json, curves.png")
+    add_arguments(sp)
+    sp.add_argument("--resume", metavar="FILE", help="continue a run from its last.safetensors")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sp = command("eval", cmd_eval, "accuracy, loss, per-class accuracy and confusion matrix on a test set")
+    sp.add_argument("--checkpoint", help="model file or embedded name (default: mnist)")
+    sp.add_argument("--dataset", choices=DATASET_CHOICES, help="default: the checkpoint's dataset")
+    sp.add_argument("--root", help="data folder")
+    sp.add_argument("--out", metavar="DIR", help="write the confusion matrix and misclassified images here")
+
+    sp = command("predict", cmd_predict, "recognise digits in images (files or folders)")
+    sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    sp.add_argument("--checkpoint", help="model file or embedded name: mnist (default), fashion-mnist")
+    sp.add_argument("--top-k", type=int, default=3, metavar="K", help="show the K most likely classes")
+    sp.add_argument("--save-input", metavar="DIR", help="save what the model saw (28x28) next to a copy of each input")
+
+    sp = command("serve", cmd_serve, "the drawing page and JSON API on http://HOST:PORT", json_flag=False)
+    sp.add_argument("--checkpoint", action="append", help="model file or embedded name; repeat for several")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sp.add_argument("--port", type=int, default=8000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LenetError as exc:
+        if args.debug:
+            raise
+        print(f"lenet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lenet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lenet predict ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""A user's image -> the (1, 28, 28) white-on-black tensor the models saw in training.
+
+MNIST digits are white on black, fitted into a 20x20 box by their aspect ratio with
+anti-aliasing and placed in 28x28 so their centre of mass is at the centre. A photo, a scan
+or a canvas drawing is none of that, so `preprocess` rebuilds it step by step, all as array
+operations on an image first reduced to at most WORK_SIDE pixels:
+
+  grayscale (transparency counts as paper) -> background on a coarse grid (kills tint and
+  gradients) -> polarity (dark ink or light ink) -> ink map, noise level, threshold ->
+  connected components (drops speckles and ruling lines) -> crop -> stroke width brought
+  into MNIST's range -> fit into 20x20 -> paste into 28x28, centred by mass.
+
+Used by:
+    lenet predict photo.jpg scans/ [--save-input DIR]     # lenet.predict
+    lenet serve                                           # POST /api/predict
+    python benchmarks/preprocess_speed.py
+    python benchmarks/realistic_digits.py
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from lenet.errors import LenetError
+
+MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs): 40 MP is a big phone photo
+WORK_SIDE = 320  # long side the analysis runs at; a digit filling 1/8 of a photo keeps 40 px
+SMALL_SIDE = 64  # long side of the image the background grid and components are found on
+OUT, BOX = 28, 20  # MNIST: a 20x20 box inside 28x28
+CENTRE = 14.0  # MNIST's centre of mass sits on pixel index 14 (measured: 13.99, 14.01)
+# Stroke width as 2*sum(v)/sum(|grad v|) in 20-box pixels: MNIST's 1st..99th percentile is
+# 1.8..4.4 (median 2.5); outside [WIDTH_LO, WIDTH_HI] a stroke is thickened or thinned.
+WIDTH_LO, WIDTH_HI, WIDTH_THIN_TO, WIDTH_THICK_TO = 1.7, 4.6, 2.3, 3.6
+MIN_CONTRAST = 16.0  # grey levels (of 255) between ink and paper below which nothing is there
+NO_DIGIT = "no digit found"
+
+
+@dataclass
+class Preprocessed:
+    """What preprocess made of an image, and why (for --save-input, tests and debugging)."""
+
+    image: torch.Tensor | None  # (1, 28, 28) float32 in [0, 1], white on black; None: nothing found
+    reason: str | None = None  # why image is None ("no digit found: ...")
+    inverted: bool = False  # True when the ink was darker than the paper (the usual photo)
+    bbox: tuple[int, int, int, int] | None = None  # ink box (left, top, right, bottom) in the input's pixels
+    contrast: float = 0.0  # ink minus paper, grey levels
+    noise: float = 0.0  # robust std of the paper, grey levels
+    stroke_width: float = 0.0  # estimated stroke width in 20-box pixels, before any change
+    stroke_change: float = 0.0  # width added (+) or removed (-), in 20-box pixels
+
+
+def open_image(source: str | Path | bytes, name: str | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a file or bytes into a loaded PIL image, or a LenetError naming the file.
+
+    Refuses missing files, directories, non-images, truncated data and images over
+    `max_pixels` (checked from the header, before decoding). Animated GIF/WebP: the first
+    frame. EXIF rotation is applied. Big JPEGs are decoded at 1/2..1/8 scale (DCT scaling):
+    preprocessing needs no more than WORK_SIDE pixels and this is most of the decode time.
+    """
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    label = name or ("upload" if is_bytes else str(source))
+    if not is_bytes:
+        path = Path(source)
+        if path.is_dir():
+            raise LenetError(f"{label}: is a directory, not an image")
+        if not path.is_file():
+            raise LenetError(f"{label}: no such file")
+        try:
+            source = path.read_bytes()
+        except OSError as exc:
+            raise LenetError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if len(source) == 0:
+        raise LenetError(f"{label}: empty file, not an image")
+    try:
+        img = Image.open(io.BytesIO(source))
+    except Image.DecompressionBombError:
+        raise LenetError(f"{label}: image too large (over {max_pixels:,} pixels)") from None
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+        raise LenetError(f"{label}: not an image (or a format Pillow cannot read)") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise LenetError(f"{label}: image too large ({width}x{height} = {width * height:,} pixels, "
+                         f"limit {max_pixels:,})")
+    if width < 1 or height < 1:
+        raise LenetError(f"{label}: image has no pixels")
+    if img.format == "JPEG" and max(width, height) > 2 * WORK_SIDE:
+        scale = 2 * WORK_SIDE / max(width, height)  # draft keeps at least this size
+        img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
+    try:
+        img.seek(0)  # first frame of an animation
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError:
+        raise LenetError(f"{label}: image too large (over {max_pixels:,} pixels)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise LenetError(f"{label}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
+    return img
+
+
+def to_gray(img: Image.Image) -> np.ndarray:
+    """Any mode -> (H, W) float32 grey levels 0..255 at most WORK_SIDE on the long side.
+
+    Reduced first (integer box reduction: cheap, anti-aliased) when the mode allows it.
+    Transparency counts as paper: transparent pixels take the colour that contrasts with
+    the opaque ones when those are few (strokes on a transparent canvas), or the opaque
+    pixels' median when they are many (a cut-out photo of paper).
+    """
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+    elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("L" if img.mode == "1" else "RGB")
+    elif img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257.0).astype(np.float32), "F")
+    elif img.mode == "I":
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max()) if arr.size else 1.0
+        img = Image.fromarray(arr / (257.0 if top > 255 else 1.0), "F")
+    factor = -(-max(img.size) // WORK_SIDE)  # ceil
+    if factor > 1:
+        img = img.reduce(factor)
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        arr = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        lum = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL
+        alpha = arr[..., 3] / 255.0
+        opaque = alpha > 0.5
+        if not opaque.any():
+            return np.full(alpha.shape, 255.0, dtype=np.float32)
+        if opaque.mean() < 0.5:  # few opaque pixels: they are the ink
+            paper = 255.0 if float(np.average(lum, weights=alpha)) < 128 else 0.0
+        else:
+            paper = float(np.median(lum[opaque]))
+        return (alpha * lum + (1.0 - alpha) * paper).astype(np.float32)
+    if img.mode != "F":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.float32)
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 -> size (w, h): area averaging when shrinking, bilinear when growing."""
+    if (arr.shape[1], arr.shape[0]) == size:
+        return arr
+    shrink = size[0] <= arr.shape[1] and size[1] <= arr.shape[0]
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(arr, "F").resize(size, method), dtype=np.float32)
+
+
+def _mad_sigma(values: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 x median absolute deviation)."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def _poly_terms(h: int, w: int) -> np.ndarray:
+    """(h*w, 6) quadratic terms 1, x, y, x^2, xy, y^2 of pixel centres in [-1, 1]."""
+    y, x = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
+                       indexing="ij")
+    x, y = x.ravel(), y.ravel()
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(H, W) grey -> (paper level (H, W), ink is dark).
+
+    The paper is a smooth surface (tint, lighting gradient, vignette): a quadratic in x and
+    y fitted to a small copy of the image by trimmed least squares, each round dropping the
+    pixels more than 2.5 sigma off (the ink, whichever its polarity, as long as paper is
+    the majority). Polarity: the side with more mass beyond 3 sigma is the ink.
+    """
+    h, w = gray.shape
+    factor = -(-max(h, w) // SMALL_SIDE)
+    small = _resize(gray, (max(1, w // factor), max(1, h // factor)))  # (h', w') area-averaged
+    values = small.ravel()
+    terms = _poly_terms(*small.shape)  # (h'*w', 6)
+    sigma = _mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
+    inliers = np.abs(values - np.median(values)) <= max(2.5 * sigma, 2.0)
+    for _ in range(4):
+        coef = np.linalg.lstsq(terms[inliers], values[inliers], rcond=None)[0]
+        resid = values - terms @ coef
+        sigma = _mad_sigma(resid[inliers])
+        inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
+    floor = 3.0 * sigma + 2.0
+    dark = float(np.maximum(-resid - floor, 0).sum()) >= float(np.maximum(resid - floor, 0).sum())
+    paper = (terms @ coef).reshape(small.shape).astype(np.float32)
+    return _resize(paper, (w, h)), dark
+
+
+def _label(mask: np.ndarray) -> np.ndarray:
+    """8-connected components of a small bool mask -> int64 labels (0 where False).
+
+    Min-label propagation with pointer jumping: a label is a pixel index + 1, and each
+    round also jumps every pixel to its label's own label, so it converges in a few rounds.
+    """
+    h, w = mask.shape
+    none = h * w + 1
+    lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), none)
+    pad = np.full((h + 2, w + 2), none)
+    while True:
+        pad[1:-1, 1:-1] = lab
+        new = lab.copy()
+        for dy in range(3):
+            for dx in range(3):
+                np.minimum(new, pad[dy:dy + h, dx:dx + w], out=new)
+        new[~mask] = none
+        flat = np.append(new.ravel(), none)
+        for _ in range(3):  # pointer jumping
+            new = np.where(mask, flat[new - 1], none)
+            flat[:-1] = new.ravel()
+        if np.array_equal(new, lab):
+            return np.where(mask, lab, 0)
+        lab = new
+
+
+def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
+    """(h, w) coarse ink mask and ink mass -> the mask of the digit's parts, or None.
+
+    The heaviest component is the digit; another is kept when heavy (a stroke the pen
+    lifted from) or light but close (a broken stroke), and dropped when it is speckle or a
+    ruling line crossing the page (touches two opposite borders, thin).
+    """
+    lab = _label(mask)
+    ids, inv = np.unique(lab[mask], return_inverse=True)
+    ys, xs = np.nonzero(mask)
+    n, h, w = len(ids), *mask.shape
+    weight = np.bincount(inv, weights=mass[mask], minlength=n)
+    top, left = np.full(n, h), np.full(n, w)
+    bottom, right = np.zeros(n, int), np.zeros(n, int)
+    np.minimum.at(top, inv, ys), np.minimum.at(left, inv, xs)
+    np.maximum.at(bottom, inv, ys + 1), np.maximum.at(right, inv, xs + 1)
+    ruling = (((left == 0) & (right == w) & (bottom - top <= max(1, 0.08 * h)))
+              | ((top == 0) & (bottom == h) & (right - left <= max(1, 0.08 * w))))
+    if n > 1:
+        weight = np.where(ruling, 0.0, weight)
+    main = int(np.argmax(weight))
+    if weight[main] <= 0:
+        return None
+    size = max(bottom[main] - top[main], right[main] - left[main])
+    gap = np.maximum(np.maximum(top[main] - bottom, top - bottom[main]),
+                     np.maximum(left[main] - right, left - right[main]))  # <= 0 when boxes overlap
+    keep = (weight >= 0.2 * weight[main]) & (gap <= 0.6 * size) | \
+           (weight >= 0.02 * weight[main]) & (gap <= 0.2 * size + 1)
+    keep &= weight > 0
+    return np.isin(lab, ids[keep])
+
+
+def _stroke_width(v: np.ndarray) -> float:
+    """Mean width of the strokes in a soft ink image: 2 * area / length of the outline."""
+    gy, gx = np.gradient(v)
+    edge = float(np.hypot(gx, gy).sum())
+    return 2.0 * float(v.sum()) / edge if edge > 0 else 0.0
+
+
+def _change_width(v: np.ndarray, delta: float) -> np.ndarray:
+    """Thicken (delta > 0) or thin a soft ink image by about delta pixels of width.
+
+    Grey dilation/erosion with a 3x3 square alternated with a 3x3 cross: an octagon, close
+    enough to a round pen.
+    """
+    steps = int(round(abs(delta) / 2))
+    t = torch.from_numpy(v)[None, None]  # (1, 1, h, w)
+    if delta < 0:
+        t = -t
+    for i in range(steps):
+        if i % 2:
+            t = torch.maximum(F.max_pool2d(t, (1, 3), 1, (0, 1)), F.max_pool2d(t, (3, 1), 1, (1, 0)))
+        else:
+            t = F.max_pool2d(t, 3, 1, 1)
+    if delta < 0:
+        t = -t
+    return t[0, 0].numpy()
+
+
+def _bbox(v: np.ndarray, level: float = 0.02) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the pixels above level, or None."""
+    rows, cols = np.nonzero((v > level).any(1))[0], np.nonzero((v > level).any(0))[0]
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _fit(v: np.ndarray, box: int) -> np.ndarray:
+    """A cropped (h, w) ink image -> long side `box`, aspect ratio kept, anti-aliased."""
+    h, w = v.shape
+    scale = box / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.clip(_resize(v, size), 0.0, 1.0)
+
+
+def _normalise_strokes(crop: np.ndarray, box: int) -> tuple[np.ndarray, float, float]:
+    """Bring the stroke width into MNIST's range: -> (crop, width before, change), 20-box px.
+
+    Works at 4x the final size (long side 4*box, padded so a thicker stroke is not cut),
+    where one step of dilation changes the final width by half a pixel.
+    """
+    width = _stroke_width(crop) * box / max(crop.shape)
+    if WIDTH_LO <= width <= WIDTH_HI or width == 0:
+        return crop, width, 0.0
+    target = WIDTH_THIN_TO if width < WIDTH_LO else WIDTH_THICK_TO
+    big = np.pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
+    big = _change_width(big, (target - width) * 4)
+    found = _bbox(big)
+    if found is None:
+        return crop, width, 0.0
+    top, bottom, left, right = found
+    return big[top:bottom, left:right], width, target - width
+
+
+def _place(digit: np.ndarray, center_by_mass: bool) -> np.ndarray:
+    """Paste an (h, w) image (h, w <= OUT) into (OUT, OUT): by centre of mass, else by box."""
+    h, w = digit.shape
+    if center_by_mass and digit.sum() > 0:
+        ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
+        total = float(digit.sum())
+        cy, cx = float(digit.sum(1) @ ys) / total, float(digit.sum(0) @ xs) / total
+        top, left = round(CENTRE - cy), round(CENTRE - cx)
+    else:
+        top, left = (OUT - h) // 2, (OUT - w) // 2
+    top, left = min(max(top, 0), OUT - h), min(max(left, 0), OUT - w)  # whole digit stays inside
+    out = np.zeros((OUT, OUT), dtype=np.float32)
+    out[top:top + h, left:left + w] = digit
+    return out
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance."""
+    hist, edges = np.histogram(values, bins=64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    n0 = np.cumsum(hist)[:-1]  # pixels at or below each cut
+    n1 = hist.sum() - n0
+    s0 = np.cumsum(hist * centres)[:-1]
+    mean0, mean1 = s0 / np.maximum(n0, 1), (float(hist @ centres) - s0) / np.maximum(n1, 1)
+    return float(edges[1 + int(np.argmax(n0 * n1 * (mean0 - mean1) ** 2))])
+
+
+def _remove_rulings(ink: np.ndarray) -> np.ndarray:
+    """Subtract what runs across the whole image: a notebook's ruled lines, grid paper.
+
+    A row's ink level is its 10th percentile: high only where ink covers 90% of the row.
+    """
+    if min(ink.shape) < 48:
+        return ink
+    rows, cols = ink[:, ::3], ink[::3, :]  # every third column / row is enough
+    row_level = np.partition(rows, rows.shape[1] // 10, axis=1)[:, rows.shape[1] // 10]  # (H,)
+    col_level = np.partition(cols, cols.shape[0] // 10, axis=0)[cols.shape[0] // 10]  # (W,)
+    return np.maximum(ink - row_level[:, None] - col_level[None, :], 0.0)
+
+
+def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float, float]:
+    """(H, W) grey -> (ink, smoothed ink, ink is dark, paper noise, noise of smoothed ink).
+
+    Ink is how far a pixel is from the paper towards the ink's side, in grey levels.
+    The smoothed copy (3x3 mean, photos only) decides what is ink: a third of the noise.
+    """
+    paper, dark = background(gray)
+    resid = gray - paper
+    noise = max(_mad_sigma(resid[::2, ::2] if gray.size > 4096 else resid), 0.5)
+    ink = _remove_rulings(np.maximum(-resid if dark else resid, 0.0))  # (H, W) >= 0
+    if min(gray.shape) < 48 and noise < 3.0:  # small clean scans, MNIST itself: every pixel counts
+        return ink, ink, dark, noise, noise
+    smooth = F.avg_pool2d(torch.from_numpy(ink)[None, None], 3, 1, 1, count_include_pad=False)[0, 0].numpy()
+    return ink, smooth, dark, noise, max(noise / 2.0, 0.5)  # /2, not /3: JPEG noise is correlated
+
+
+def _components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
+    """Keep the digit's components of a (H, W) ink mask -> (H, W) bool, or None.
+
+    Found on a coarse grid (cells of `cell` px, a few thousand at most): a cell holds ink
+    if any of its pixels does, and touching cells are one component, so strokes a few
+    pixels apart join.
+    """
+    h, w = mask.shape
+    cell = -(-max(h, w) // SMALL_SIDE)
+    ph, pw = -(-h // cell) * cell, -(-w // cell) * cell
+    coarse = np.zeros((ph, pw), dtype=np.float32)
+    coarse[:h, :w] = np.where(mask, mass, 0.0)
+    coarse = coarse.reshape(ph // cell, cell, pw // cell, cell).sum((1, 3))  # (H/cell, W/cell) ink mass
+    keep = _keep_components(coarse > 0, coarse)
+    if keep is None:
+        return None
+    return np.repeat(np.repeat(keep, cell, 0), cell, 1)[:h, :w] & mask
+
+
+def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = True) -> Preprocessed:
+    """A PIL image of a digit (any size, mode, polarity) -> Preprocessed (1, 28, 28) or None.
+
+    digits=True follows MNIST: strokes saturated to white, width normalised, 20x20 box.
+    digits=False follows Fashion-MNIST: grey levels kept, no stroke change, the object's
+    long side fills all 28 pixels; pass center_by_mass=False with it (Fashion-MNIST centres
+    the box, not the mass).
+    """
+    gray = to_gray(img)  # (H, W), long side <= WORK_SIDE
+    scale = max(img.size) / max(gray.shape)  # input pixels per working pixel
+    ink, smooth, dark, noise, noise_s = _ink(gray)
+
+    def nothing(why: str, contrast: float = 0.0) -> Preprocessed:
+        return Preprocessed(None, f"{NO_DIGIT}: {why}", dark, contrast=contrast, noise=noise)
+
+    # Contrast: the strong class (Otsu) of what stands out of the noise. Without it, a
+    # faint gradient left on a big sheet would outvote a small digit.
+    strong = smooth[smooth > max(4.0 * noise_s, 4.0)]
+    if strong.size < 3:
+        return nothing("no ink stands out from the paper")
+    contrast = float(np.median(strong[strong >= _otsu(strong)]))
+    if contrast < max(MIN_CONTRAST, 8.0 * noise_s):
+        return nothing("no ink stands out from the paper", contrast)
+    keep = _components(smooth > max(4.0 * noise_s, 0.4 * contrast), smooth)  # (H, W) the digit's ink
+    if keep is None:
+        return nothing("only ruling lines", contrast)
+    near = F.max_pool2d(torch.from_numpy(keep.astype(np.float32))[None, None], 5, 1, 2)[0, 0].numpy() > 0
+
+    # Soft ink in [0, 1] near the kept strokes: paper noise off, and for digits the stroke
+    # cores saturated (MNIST's strokes are 255 with anti-aliased edges).
+    level = float(np.percentile(ink[keep], 75 if digits else 99))
+    floor = 2.5 * noise if digits else 0.0
+    soft = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0), 0.0).astype(np.float32)
+    found = _bbox(soft)
+    if found is None:
+        return nothing("the ink is too faint", contrast)
+    top, bottom, left, right = found
+    if max(bottom - top, right - left) < max(2, 0.02 * max(gray.shape)):
+        return nothing("only a speck", contrast)
+    crop = soft[top:bottom, left:right]
+    bbox = (int(left * scale), int(top * scale), int(np.ceil(right * scale)), int(np.ceil(bottom * scale)))
+
+    width = change = 0.0
+    if digits:
+        crop, width, change = _normalise_strokes(crop, BOX)
+    out = _place(_fit(crop, BOX if digits else OUT), center_by_mass)  # (28, 28)
+    return Preprocessed(torch.from_numpy(out)[None], None, dark, bbox, contrast, noise, width, change)
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """A (1, 28, 28) or (28, 28) image in [0, 1] -> PNG bytes (8-bit grey, white on black)."""
+    arr = (image.detach().reshape(image.shape[-2], image.shape[-1]).clamp(0, 1) * 255).round()
+    buf = io.BytesIO()
+    Image.fromarray(arr.to(torch.uint8).numpy(), "L").save(buf, "PNG")
+    return buf.getvalue()

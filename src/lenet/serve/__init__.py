@@ -1,0 +1,28 @@
+"""The web app: a drawing page at `/` and a JSON prediction API (the `serve` extra).
+
+    pip install 'lenet[serve]'
+    lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
+
+    from lenet.serve import create_app, serve_command
+    app = create_app(["mnist", "fashion-mnist"])    # any ASGI server can run it
+
+Modules: app.py (routes), upload.py (request body -> image bytes, with limits),
+batcher.py (concurrent requests -> one forward pass), inference.py (models, the batch
+function), server.py (socket + uvicorn), static/ (the page: HTML, CSS, JS; no build step).
+"""
+
+from lenet.errors import LenetError
+
+# Without the extra, `lenet serve` should say what to install, not show an ImportError.
+EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
+
+try:
+    from lenet.serve.app import create_app
+    from lenet.serve.server import serve_command
+except ModuleNotFoundError as exc:
+    if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
+        raise
+    raise LenetError(f"`lenet serve` needs the serve extra ({exc.name} is missing): "
+                     "pip install 'lenet[serve]'") from None
+
+__all__ = ["create_app", "serve_command"]

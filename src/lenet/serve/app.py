@@ -1,0 +1,165 @@
+"""The FastAPI app: the drawing page, the prediction API, health and model listing.
+
+    GET  /                  the drawing page (static/, works offline)
+    POST /api/predict       image bytes or multipart -> the predict object (?model= ?top_k=
+                            ?include_input=true adds the 28x28 input as a PNG data URL)
+    GET  /api/models        the loaded models (the first is the default)
+    GET  /healthz           liveness
+    GET  /docs              OpenAPI docs (FastAPI's)
+
+Every client error is a 4xx with `{"error": "..."}`. Models are loaded once in
+`create_app`; inference runs on one worker thread, so the event loop only does HTTP.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from lenet.errors import LenetError
+from lenet.preprocess import MAX_PIXELS
+from lenet.serve.batcher import Batcher, Overloaded
+from lenet.serve.inference import Job, load_models, run_batch, warm_up
+from lenet.serve.upload import ApiError, read_image_bytes
+
+STATIC = Path(__file__).parent / "static"
+# The page loads nothing from elsewhere; the policy makes a stray CDN link fail loudly.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+class Prediction(BaseModel):
+    """The predict object (DESIGN.md); `prediction` is null when no digit was found."""
+
+    path: str
+    model: str
+    prediction: int | None
+    name: str
+    confidence: float | None
+    probabilities: list[float] | None
+    top_k: list[dict]
+    reason: str | None = None
+    inverted: bool | None = None
+    input_png: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_DOCS = {
+    "requestBody": {"required": True, "content": {
+        "image/png": IMAGE_BODY, "image/jpeg": IMAGE_BODY, "image/bmp": IMAGE_BODY,
+        "image/webp": IMAGE_BODY, "application/octet-stream": IMAGE_BODY,
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": IMAGE_BODY}}},
+    }},
+}
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in [
+    (400, "empty, non-image or undecodable body; image too many pixels"), (404, "unknown model"),
+    (413, "body over the size limit"), (415, "wrong Content-Type"), (503, "too many requests waiting")]}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error a client can cause becomes `{"error": message}` with its 4xx status."""
+
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message)
+
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return error_response(422, "; ".join(parts))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+def describe(name: str, predictor) -> dict:
+    """One entry of GET /api/models."""
+    metrics = predictor.meta.get("metrics") or {}
+    return {"name": name, "model": predictor.model_name, "dataset": predictor.dataset,
+            "class_names": list(predictor.class_names), "test_accuracy": metrics.get("test_accuracy")}
+
+
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def healthz(request: Request) -> dict:
+    return {"status": "ok", "models": list(request.app.state.models)}
+
+
+async def list_models(request: Request) -> dict:
+    state = request.app.state
+    return {"default": next(iter(state.models)), "max_body_bytes": state.max_body_bytes,
+            "models": [describe(name, p) for name, p in state.models.items()]}
+
+
+async def predict(request: Request,
+                  model: str | None = Query(None, description="a name from GET /api/models; default: the first"),
+                  top_k: int = Query(3, ge=1, le=100, description="how many best classes to list"),
+                  include_input: bool = Query(False, description="add the 28x28 input as a PNG data URL"),
+                  ) -> JSONResponse:
+    """Recognise the digit (or garment) in an image: raw bytes or a multipart file part."""
+    state = request.app.state
+    name = model or next(iter(state.models))
+    if name not in state.batchers:
+        raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(state.models)}")
+    data = await read_image_bytes(request, state.max_body_bytes)
+    try:
+        result = await state.batchers[name].submit(Job(data, top_k, include_input))
+    except Overloaded as exc:
+        raise ApiError(503, f"server busy ({exc}); retry shortly") from None
+    except LenetError as exc:
+        raise ApiError(400, str(exc)) from None
+    return JSONResponse({**result, "model": name})
+
+
+def create_app(checkpoints: list[str | Path | None] | None = None, max_body_bytes: int = 5 * 2**20,
+               max_pixels: int = MAX_PIXELS) -> FastAPI:
+    """The app with every checkpoint loaded once (None = the embedded MNIST model).
+
+    The first checkpoint is the default; a request picks another with `?model=NAME`.
+    Raises LenetError for a checkpoint that does not load.
+    """
+    models = load_models(list(checkpoints or [None]))
+    for predictor in models.values():
+        warm_up(predictor)
+    # One inference thread for all models: on a small machine the other core runs the
+    # event loop, and batching (not more threads) is what scales the forward pass.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-infer")
+    app = FastAPI(title="lenet", summary="LeNet-5 digit recognition: draw, upload, predict",
+                  version="1")
+    app.state.models = models
+    app.state.max_body_bytes = max_body_bytes
+    app.state.batchers = {name: Batcher(partial(run_batch, p, max_pixels=max_pixels), executor)
+                          for name, p in models.items()}
+    add_error_handlers(app)
+    app.add_api_route("/", page, include_in_schema=False)
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="liveness")
+    app.add_api_route("/api/models", list_models, methods=["GET"], summary="the loaded models")
+    app.add_api_route("/api/predict", predict, methods=["POST"], summary="predict from an image",
+                      response_model=Prediction, responses=ERRORS, openapi_extra=PREDICT_DOCS)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

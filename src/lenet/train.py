@@ -1,0 +1,322 @@
+"""Training and evaluation: the whole dataset in memory, batches by index, augmentation on
+whole batches, honest validation (held out of the training set), resumable runs.
+
+    lenet train --preset quick                       # 99%+ MNIST in seconds
+    lenet train --model lenet5 --epochs 20 --out runs/paper
+    lenet train --resume runs/paper/last.safetensors  # continue an interrupted run
+    lenet eval --checkpoint runs/paper/model.safetensors --out runs/paper/eval
+
+Python: `metrics = fit(TrainConfig(...))`, `evaluate(model, spec, images, labels) -> dict`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from lenet import __version__
+from lenet.augment import AugmentConfig, augment_batch
+from lenet.checkpoint import atomic_write, build_model, load_extra_state, save_checkpoint
+from lenet.config import TrainConfig, check, to_dict
+from lenet.data import Dataset, load_dataset, split_indices
+from lenet.errors import LenetError
+from lenet.models import ModelSpec, count_parameters, create_model, get_spec, prepare_input
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                  "seconds", "images_per_second")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LenetError("--device cuda: no CUDA device is available here (use --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LenetError("--device mps: no Apple GPU is available here (use --device cpu)")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 2000, num_classes: int | None = None) -> dict[str, Any]:
+    """Accuracy, mean loss, per-class accuracy, confusion matrix (rows: true, cols: predicted),
+    and the predicted label of every image. images: (N, 28, 28) uint8; labels: (N,)."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds, loss_sum = [], 0.0
+    for start in range(0, len(images), batch_size):
+        x = prepare_input(images[start:start + batch_size], spec).to(device)  # (b, 1, S, S)
+        y = labels[start:start + batch_size].to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        preds.append(logits.argmax(1).cpu())
+    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    k = num_classes or int(labels.max().item()) + 1
+    confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1).float()
+    n = max(len(labels), 1)
+    return {"accuracy": (pred == labels).float().sum().item() / n, "loss": loss_sum / n,
+            "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist(),
+            "predictions": pred}
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters (1-D tensors): decaying them only hurts.
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    opt_class = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return opt_class(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step schedule (stepped after every batch)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2,
+                                                   cycle_momentum=cfg.optimizer == "sgd")
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs * steps_per_epoch,
+                                               gamma=cfg.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Let `kill` (SIGTERM) stop a run the way Ctrl-C does: cleanly, with last.safetensors kept."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Run:
+    """One training run's state: model, optimiser, schedule, RNG, history; saves and resumes."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.spec = get_spec(cfg.model)
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation
+        n_train = len(data.train_images)
+        if cfg.val_size >= n_train:
+            raise LenetError(f"--val-size {cfg.val_size} leaves no training images (the set has {n_train})")
+        self.train_idx, self.val_idx = split_indices(n_train, cfg.val_size, cfg.seed)
+        args = {"num_classes": len(data.class_names), **cfg.model_args}
+        try:
+            # channels-last: oneDNN's preferred layout for CPU convolutions
+            self.model = create_model(cfg.model, **args).to(device, memory_format=torch.channels_last)
+        except KeyError as exc:
+            raise LenetError(f"--model: {exc.args[0]}") from None
+        except TypeError as exc:
+            raise LenetError(f"--model-args do not fit {cfg.model}: {exc}") from None
+        self.model_args = args
+        self.steps_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
+        self.opt = make_optimizer(cfg, self.model)
+        self.sched = make_scheduler(cfg, self.opt, self.steps_per_epoch)
+        self.epoch, self.best, self.best_epoch, self.history = 0, -1.0, 0, []
+        self.out = Path(cfg.out)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def meta(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"model": self.cfg.model, "model_args": self.model_args, "dataset": self.data.name,
+                "class_names": list(self.data.class_names), "metrics": metrics or {},
+                "lenet_version": __version__, "config": to_dict(self.cfg),
+                "command": "lenet train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else ""}
+
+    def save_last(self) -> None:
+        state = {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+                 "history": self.history, "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "gen_rng": self.gen.get_state()}
+        save_checkpoint(self.out / "last.safetensors", self.model, self.meta(), extra_state=state)
+
+    def restore(self, path: Path) -> None:
+        tensors, meta, state = load_extra_state(path)
+        if meta.get("model") != self.cfg.model or meta.get("dataset") != self.data.name:
+            raise LenetError(f"{path}: was trained as {meta.get('model')} on {meta.get('dataset')}, "
+                             f"not {self.cfg.model} on {self.data.name}")
+        self.model.load_state_dict(build_model(tensors, meta, path).state_dict())
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.gen.set_state(state["gen_rng"])
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.history = state["history"]
+
+    # -- one epoch --------------------------------------------------------------------
+    def train_epoch(self, step: Callable, progress: bool) -> dict[str, float]:
+        self.model.train()
+        aug = AugmentConfig(self.cfg.rotate, self.cfg.scale, self.cfg.shear, self.cfg.shift,
+                            self.cfg.elastic_alpha, self.cfg.elastic_sigma)
+        order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
+        images, labels = self.data.train_images, self.data.train_labels
+        loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(total=len(order), unit="img", leave=False, disable=not progress,
+                   desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", file=sys.stderr)
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i:i + self.cfg.batch_size]
+            x = images[idx].unsqueeze(1).float().div_(255)  # (B, 1, 28, 28) in [0, 1]
+            if self.cfg.augment:
+                x = augment_batch(x, aug, self.gen)
+            x = prepare_input(x, self.spec).to(self.device, memory_format=torch.channels_last)
+            y = labels[idx].to(self.device)
+            loss, n_correct = step(x, y)
+            loss_sum += loss * len(idx)
+            correct += n_correct
+            seen += len(idx)
+            bar.update(len(idx))
+            if bar.n % (self.cfg.batch_size * 20) < self.cfg.batch_size:
+                rate = seen / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", img_s=f"{rate:.0f}")
+        bar.close()
+        seconds = time.perf_counter() - start
+        return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": seconds,
+                "images_per_second": seen / seconds}
+
+    def make_step(self) -> Callable:
+        """The optimisation step, compiled when asked (falling back to eager on failure)."""
+        forward = self.model
+        if self.cfg.compile:
+            try:
+                forward = torch.compile(self.model)
+            except Exception as exc:  # noqa: BLE001 - any compile failure means: run eager
+                print(f"torch.compile unavailable ({exc}); running eagerly", file=sys.stderr)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+            nonlocal forward
+            try:
+                logits = forward(x)
+            except Exception as exc:  # noqa: BLE001 - inductor needs a C++ toolchain; fall back
+                if forward is self.model:
+                    raise
+                print(f"torch.compile failed ({type(exc).__name__}); running eagerly", file=sys.stderr)
+                forward = self.model
+                logits = forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            return loss.item(), (logits.argmax(1) == y).sum().item()
+
+        return step
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2) + "\n"))
+
+
+def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None = None,
+        progress: bool = True, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
+    """Train as `cfg` says; write the run folder; return metrics.json's content.
+
+    On Ctrl-C or SIGTERM the last completed epoch is already in last.safetensors; a
+    LenetError tells the user how to resume.
+    """
+    check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = data or load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None)
+    run = Run(cfg, data, device)
+    if resume:
+        run.restore(Path(resume))
+        log(f"resuming {resume} after epoch {run.epoch}/{cfg.epochs}")
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.out / "config.json", to_dict(cfg))
+    n_params = count_parameters(run.model)
+    log(f"training {cfg.model} ({n_params:,} parameters) on {data.name}: {len(run.train_idx):,} train / "
+        f"{len(run.val_idx):,} validation images, {cfg.epochs} epochs, device {device}, "
+        f"{torch.get_num_threads()} threads -> {run.out}")
+    val_images, val_labels = data.train_images[run.val_idx], data.train_labels[run.val_idx]
+    select_images, select_labels = (data.test_images, data.test_labels) if cfg.select_on_test else (val_images, val_labels)
+    step = run.make_step()
+    total_start = time.perf_counter()
+    if run.epoch == 0:
+        run.save_last()  # so that even an interrupt during epoch 1 leaves a resumable file
+    try:
+        with sigterm_as_interrupt():
+            while run.epoch < cfg.epochs:
+                row = run.train_epoch(step, progress)
+                run.epoch += 1
+                val = evaluate(run.model, run.spec, select_images, select_labels, cfg.eval_batch_size,
+                               len(data.class_names)) if len(select_labels) else None
+                row = {"epoch": run.epoch, **row, "val_loss": val["loss"] if val else float("nan"),
+                       "val_accuracy": val["accuracy"] if val else float("nan"),
+                       "lr": run.opt.param_groups[0]["lr"]}
+                run.history.append(row)
+                if val is None or val["accuracy"] > run.best:
+                    run.best, run.best_epoch = (val["accuracy"] if val else row["train_accuracy"]), run.epoch
+                    save_checkpoint(run.out / "model.safetensors", run.model,
+                                    run.meta({"best_val_accuracy": run.best, "epoch": run.epoch}))
+                run.save_last()
+                write_history(run.out / "history.csv", run.history)
+                log(f"epoch {run.epoch:>3}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                    f"train {row['train_accuracy']:.4f}  val {row['val_accuracy']:.4f}  "
+                    f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s")
+    except KeyboardInterrupt:
+        raise LenetError(f"interrupted after epoch {run.epoch}/{cfg.epochs}; continue with "
+                         f"`lenet train --resume {run.out / 'last.safetensors'}`") from None
+    return finish(run, time.perf_counter() - total_start, n_params)
+
+
+def finish(run: Run, seconds: float, n_params: int) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test set once; write metrics.json and curves.png."""
+    from lenet.checkpoint import load_checkpoint
+    from lenet.report import plot_curves
+
+    best_model, best_meta = load_checkpoint(run.out / "model.safetensors")
+    best_model.to(run.device)
+    test = evaluate(best_model, run.spec, run.data.test_images, run.data.test_labels,
+                    run.cfg.eval_batch_size, len(run.data.class_names))
+    rates = [h["images_per_second"] for h in run.history]
+    metrics = {"model": run.cfg.model, "dataset": run.data.name, "parameters": n_params,
+               "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "best_val_accuracy": run.best, "best_epoch": run.best_epoch,
+               "selected_on": "test (leak, asked for)" if run.cfg.select_on_test else "validation",
+               "epochs": run.epoch, "seconds": round(sum(h["seconds"] for h in run.history), 2),
+               "wall_seconds_this_session": round(seconds, 2),
+               "train_images_per_second": round(sorted(rates)[len(rates) // 2], 1) if rates else 0.0,
+               "seed": run.cfg.seed}
+    save_checkpoint(run.out / "model.safetensors", best_model,
+                    {**{k: v for k, v in best_meta.items() if k != "path"}, "metrics": metrics})
+    write_json(run.out / "metrics.json", metrics)
+    plot_curves(run.history, run.out / "curves.png")
+    return metrics

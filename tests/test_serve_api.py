@@ -1,0 +1,487 @@
+"""The web API of `lenet serve`: the predict object, every 4xx case, limits, batching.
+
+    pytest tests/test_serve_api.py
+
+Most tests run the app in-process with FastAPI's test client on small random-weight
+checkpoints (fast, no embedded weights needed); the ones about sockets, concurrency and
+reading limits run a real uvicorn on a free loopback port in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import socket
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from lenet.checkpoint import save_checkpoint
+from lenet.errors import LenetError
+from lenet.models import create_model
+from lenet.serve import create_app, serve_command
+from lenet.serve.batcher import Batcher, Overloaded
+from lenet.serve.inference import load_models, model_name
+from lenet.serve.server import bind_socket, make_server, url_of
+
+with warnings.catch_warnings():  # Starlette 1.x: its test client will move to `httpx2`
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]
+
+
+# ---------- images and checkpoints ----------
+
+def drawing(kind: str = "seven", side: int = 280) -> Image.Image:
+    """A digit drawn like the page draws it: black round strokes on white."""
+    img = Image.new("RGB", (side, side), "white")
+    draw = ImageDraw.Draw(img)
+    s, width = side / 280, round(24 * side / 280)
+    if kind == "seven":
+        draw.line([(70 * s, 62 * s), (210 * s, 62 * s), (126 * s, 238 * s)], fill="black", width=width,
+                  joint="curve")
+    elif kind == "one":
+        draw.line([(140 * s, 40 * s), (140 * s, 240 * s)], fill="black", width=width)
+    elif kind == "zero":
+        draw.ellipse([85 * s, 40 * s, 195 * s, 240 * s], outline="black", width=width)
+    return img
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def blank_png(side: int = 280) -> bytes:
+    return encode(Image.new("RGB", (side, side), "white"))
+
+
+def write_checkpoint(path: Path, dataset: str, class_names: list[str], accuracy: float) -> str:
+    torch.manual_seed(len(class_names[0]))
+    meta = {"model": "lenet5", "model_args": {"num_classes": 10}, "dataset": dataset,
+            "class_names": class_names, "metrics": {"test_accuracy": accuracy}}
+    save_checkpoint(path, create_model("lenet5"), meta)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[str]:
+    """Two random-weight checkpoints: digits (runs/digits/model.safetensors) and fashion."""
+    root = tmp_path_factory.mktemp("ckpt")
+    return [write_checkpoint(root / "digits" / "model.safetensors", "mnist", [str(i) for i in range(10)], 0.5),
+            write_checkpoint(root / "clothes.safetensors", "fashion-mnist", FASHION, 0.25)]
+
+
+@pytest.fixture(scope="module")
+def app(checkpoints):
+    return create_app(checkpoints)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def post_image(client, data: bytes, content_type: str | None = "image/png", params: str = "") -> httpx.Response:
+    headers = {"content-type": content_type} if content_type else {}
+    return client.post(f"/api/predict{params}", content=data, headers=headers)
+
+
+def assert_error(response: httpx.Response, status: int, phrase: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert phrase in response.json()["error"]
+
+
+# ---------- the predict object ----------
+
+def test_png_gives_the_predict_object(client):
+    r = post_image(client, encode(drawing()))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["path"] == "upload" and body["model"] == "digits"
+    probs = body["probabilities"]
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-4)
+    best = max(range(10), key=probs.__getitem__)
+    assert body["prediction"] == best and body["name"] == str(best)
+    assert body["confidence"] == pytest.approx(probs[best])
+    assert [t["index"] for t in body["top_k"]][0] == best and len(body["top_k"]) == 3
+    assert "input_png" not in body
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "WEBP", "PNG"])
+def test_each_accepted_format(client, fmt):
+    mime = {"JPEG": "image/jpeg", "BMP": "image/bmp", "WEBP": "image/webp", "PNG": "image/png"}[fmt]
+    r = post_image(client, encode(drawing(), fmt), mime)
+    assert r.status_code == 200, r.text
+    assert r.json()["prediction"] is not None
+
+
+def test_multipart_and_octet_stream_give_the_same_answer_as_raw_png(client):
+    data = encode(drawing("zero"))
+    raw = post_image(client, data).json()
+    multipart = client.post("/api/predict", files={"file": ("zero.png", data, "image/png")}).json()
+    octet = post_image(client, data, "application/octet-stream").json()
+    assert multipart["probabilities"] == raw["probabilities"] == octet["probabilities"]
+
+
+def test_include_input_is_the_28x28_white_on_black_image(client):
+    body = post_image(client, encode(drawing("one")), params="?include_input=true").json()
+    prefix = "data:image/png;base64,"
+    assert body["input_png"].startswith(prefix)
+    seen = Image.open(io.BytesIO(base64.b64decode(body["input_png"][len(prefix):])))
+    assert seen.size == (28, 28) and seen.mode == "L"
+    pixels = list(seen.tobytes())
+    assert max(pixels) == 255 and sum(p > 128 for p in pixels) < 28 * 28 / 4  # white strokes on black
+    assert seen.getpixel((0, 0)) == 0 and seen.getpixel((14, 14)) > 128  # a "1" runs through the centre
+
+
+def test_top_k_is_cut_and_sorted(client):
+    top = post_image(client, encode(drawing()), params="?top_k=5").json()["top_k"]
+    assert len(top) == 5
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+
+
+def test_blank_canvas_is_no_digit_found(client):
+    body = post_image(client, blank_png(), params="?include_input=true").json()
+    assert body["prediction"] is None and body["name"] == "no digit found"
+    assert body["probabilities"] is None and body["input_png"] is None
+
+
+# ---------- models, health, docs, page ----------
+
+def test_models_lists_each_checkpoint_first_is_default(client):
+    body = client.get("/api/models").json()
+    assert body["default"] == "digits" and body["max_body_bytes"] == 5 * 2**20
+    digits, clothes = body["models"]
+    assert digits == {"name": "digits", "model": "lenet5", "dataset": "mnist",
+                      "class_names": [str(i) for i in range(10)], "test_accuracy": 0.5}
+    assert clothes["name"] == "clothes" and clothes["class_names"] == FASHION
+    assert clothes["test_accuracy"] == 0.25
+
+
+def test_model_parameter_picks_the_model(client):
+    body = post_image(client, encode(drawing()), params="?model=clothes").json()
+    assert body["model"] == "clothes" and body["name"] in FASHION
+    assert_error(post_image(client, encode(drawing()), params="?model=nope"), 404, "unknown model 'nope'")
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": ["digits", "clothes"]}
+
+
+def test_openapi_documents_the_predict_body(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"image/png", "image/jpeg", "image/bmp", "image/webp", "multipart/form-data"} <= set(body)
+    assert {"/healthz", "/api/models"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_is_served_with_its_assets_and_loads_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+    assert {"/static/app.js", "/static/style.css", "/static/favicon.svg"} <= set(assets)
+    for asset in assets:
+        text = client.get(asset).text
+        # Works offline: no URL to another host (an SVG's xmlns is a name, not a fetch).
+        assert re.findall(r"https?://", text.replace('xmlns="http://www.w3.org/2000/svg"', "")) == []
+
+
+# ---------- every bad request is a 4xx with a JSON error ----------
+
+GIF = encode(Image.new("L", (8, 8)), "GIF")
+
+
+@pytest.mark.parametrize("data, content_type, status, phrase", [
+    (b"", "image/png", 400, "empty body"),
+    (b"hello, this is not an image", "image/png", 400, "not a PNG, JPEG, BMP or WebP"),
+    (GIF, "image/png", 400, "not a PNG, JPEG, BMP or WebP"),
+    (encode(drawing())[:400], "image/png", 400, "truncated"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png", 400, "upload"),  # right magic, garbage after
+    (encode(drawing()), "text/plain", 415, "'text/plain' is not accepted"),
+    (encode(drawing()), "application/json", 415, "is not accepted"),
+    (encode(drawing()), "application/x-www-form-urlencoded", 415, "is not accepted"),  # curl's default
+    (encode(drawing()), None, 415, "(none)"),
+])
+def test_bad_bodies(client, data, content_type, status, phrase):
+    assert_error(post_image(client, data, content_type), status, phrase)
+
+
+def test_bad_multipart_bodies(client):
+    no_file = client.post("/api/predict", files={"note": (None, "just text")})
+    assert_error(no_file, 400, "no file part")
+    not_image = client.post("/api/predict", files={"file": ("x.png", b"plain text", "image/png")})
+    assert_error(not_image, 400, "not a PNG")
+    no_boundary = post_image(client, b"--x--", "multipart/form-data")
+    assert_error(no_boundary, 400, "multipart")
+
+
+def test_bad_query_parameters(client):
+    assert_error(post_image(client, encode(drawing()), params="?top_k=0"), 422, "top_k")
+    assert_error(post_image(client, encode(drawing()), params="?top_k=many"), 422, "top_k")
+    assert_error(client.get("/no/such/page"), 404, "Not Found")
+    assert_error(client.get("/api/predict"), 405, "Method Not Allowed")
+
+
+# ---------- limits ----------
+
+@pytest.fixture(scope="module")
+def small_app(checkpoints):
+    return create_app(checkpoints[:1], max_body_bytes=10_000, max_pixels=300 * 300)
+
+
+@pytest.fixture(scope="module")
+def small_client(small_app):
+    with TestClient(small_app) as c:
+        yield c
+
+
+class Chunks:
+    """A request body sent in 1,000-byte chunks that counts how many the server pulled."""
+
+    def __init__(self, n: int):
+        self.n, self.sent = n, 0
+
+    def __iter__(self):
+        for _ in range(self.n):
+            self.sent += 1
+            yield b"\0" * 1000
+
+
+def test_declared_length_over_the_limit_is_refused_unread(small_client):
+    body = Chunks(50)
+    r = small_client.post("/api/predict", content=iter(body),
+                          headers={"content-type": "image/png", "content-length": "50000"})
+    assert_error(r, 413, "over the limit of 10,000 bytes")
+    assert body.sent == 0
+
+
+def test_chunked_body_is_abandoned_at_the_limit(small_app):
+    # Straight through ASGI: the test client would buffer the whole body before the app
+    # sees any. This body never ends, so an app that reads it all never answers.
+    pulled, sent = 0, []
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"\0" * 1000, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"image/png")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+    asyncio.run(asyncio.wait_for(small_app(scope, receive, send), timeout=10))
+    assert sent[0]["status"] == 413 and b"over the limit" in sent[1]["body"]
+    assert pulled == 11  # 11,000 bytes: one chunk past the 10,000-byte limit, then no more
+
+
+def test_multipart_over_the_limit(small_client):
+    r = small_client.post("/api/predict", files={"file": ("big.png", b"\0" * 20_000, "image/png")})
+    assert_error(r, 413, "over the limit")
+
+
+def test_image_over_the_pixel_limit(small_client):
+    r = post_image(small_client, encode(Image.new("L", (400, 400), 255)))
+    assert_error(r, 400, "too large")
+
+
+def test_decompression_bomb_under_the_default_limits(client):
+    bomb = encode(Image.new("1", (8000, 8000), 1))  # 64 MP, a few kB of PNG
+    assert len(bomb) < 100_000
+    assert_error(post_image(client, bomb), 400, "too large")
+
+
+# ---------- batching and the worker thread ----------
+
+def test_batcher_batches_what_queues_while_the_worker_is_busy():
+    calls: list[list[int]] = []
+
+    def run(items):
+        calls.append(items)
+        time.sleep(0.05)
+        return [ValueError(f"bad {x}") if x == 13 else x * 10 for x in items]
+
+    async def main():
+        batcher = Batcher(run, ThreadPoolExecutor(1), max_batch=8)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # the worker is now busy with [0]; the rest queue up
+        rest = await asyncio.gather(*(batcher.submit(i) for i in range(1, 20)), return_exceptions=True)
+        return [await first, *rest], batcher
+
+    results, batcher = asyncio.run(main())
+    assert [r for i, r in enumerate(results) if i != 13] == [i * 10 for i in range(20) if i != 13]
+    assert isinstance(results[13], ValueError) and str(results[13]) == "bad 13"  # only its caller sees it
+    # A lone request runs at once; what queued behind it goes in batches of at most 8.
+    assert calls == [[0], list(range(1, 9)), list(range(9, 17)), [17, 18, 19]]
+    assert batcher.batches == 4
+
+
+def test_batcher_refuses_when_too_many_are_waiting():
+    async def main():
+        batcher = Batcher(lambda items: (time.sleep(0.05), items)[1], ThreadPoolExecutor(1), max_pending=2)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[:2] == [0, 1] and isinstance(results[2], Overloaded)
+
+
+def test_event_loop_answers_while_a_prediction_runs(checkpoints):
+    app = create_app(checkpoints[:1])
+    predictor = app.state.models["digits"]
+    slow = predictor.answers
+
+    def answers(items, top_k=3):
+        time.sleep(0.5)  # a slow forward pass, on the worker thread
+        return slow(items, top_k)
+
+    predictor.answers = answers
+    data = encode(drawing())
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            start = time.perf_counter()
+            predict = asyncio.create_task(c.post("/api/predict", content=data, headers={"content-type": "image/png"}))
+            await asyncio.sleep(0.05)
+            health = await c.get("/healthz")
+            health_seconds = time.perf_counter() - start
+            return (await predict), health, health_seconds
+
+    predicted, health, seconds = asyncio.run(main())
+    assert health.status_code == 200 and seconds < 0.3
+    assert predicted.status_code == 200
+
+
+# ---------- a real server on loopback ----------
+
+@pytest.fixture(scope="module")
+def live(checkpoints):
+    """uvicorn in a thread on a free port; yields (url, app)."""
+    app = create_app(checkpoints[:1], max_body_bytes=100_000)
+    sock = bind_socket("127.0.0.1", 0)
+    server = make_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    yield url_of(sock), app
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def test_fifty_concurrent_clients_all_answered_in_shared_batches(live):
+    url, app = live
+    data = encode(drawing())
+    before = app.state.batchers["digits"].batches
+
+    async def main():
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as c:
+            async def one():
+                return await c.post("/api/predict", content=data, headers={"content-type": "image/png"})
+            return await asyncio.gather(*(one() for _ in range(200)))
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 200
+    assert len({tuple(r.json()["probabilities"]) for r in responses}) == 1  # each got its own answer
+    assert app.state.batchers["digits"].batches - before < 200  # some requests shared a forward pass
+
+
+def raw_exchange(url: str, request: bytes, wait: float = 5.0) -> bytes:
+    """Send `request` on a raw socket and return what comes back before it closes or `wait` ends."""
+    host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(request)
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except socket.timeout:
+            pass
+    return received
+
+
+def test_real_server_refuses_a_big_body_before_it_is_sent(live):
+    url, _ = live
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 50000000\r\n\r\n")
+    reply = raw_exchange(url, head + b"\x89PNG\r\n\x1a\n")  # 50 MB promised, 8 bytes sent
+    assert reply.startswith(b"HTTP/1.1 413") and b"over the limit" in reply
+
+
+def test_real_server_stops_reading_a_chunked_body_at_the_limit(live):
+    url, _ = live
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n" % 60_000 + b"\0" * 60_000 + b"\r\n"
+    reply = raw_exchange(url, head + chunk * 2)  # 120 kB, never terminated
+    assert reply.startswith(b"HTTP/1.1 413")
+
+
+# ---------- serve_command and model names ----------
+
+def test_busy_port_is_one_clear_error(checkpoints):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(LenetError, match=f"port {port} on 127.0.0.1 is already in use"):
+            serve_command(checkpoints[:1], port=port)
+
+
+def test_unknown_host_is_one_clear_error(checkpoints):
+    with pytest.raises(LenetError, match="cannot listen on host"):
+        serve_command(checkpoints[:1], host="no-such-host.invalid", port=0)
+
+
+def test_a_bad_checkpoint_is_a_lenet_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(LenetError, match="bad.safetensors"):
+        create_app([str(bad)])
+
+
+def test_model_names(checkpoints):
+    assert model_name(None) == "mnist" and model_name("fashion-mnist") == "fashion-mnist"
+    assert model_name("runs/big/model.safetensors") == "big"
+    assert model_name("runs/big/last.safetensors") == "big"
+    assert model_name("somewhere/lenet-bn.safetensors") == "lenet-bn"
+    assert list(load_models([checkpoints[0], checkpoints[0], checkpoints[1]])) == ["digits", "digits-2", "clothes"]
+
+
+# ---------- the embedded model reads drawn digits ----------
+
+@pytest.fixture(scope="module")
+def embedded_client():
+    with TestClient(create_app()) as c:
+        yield c
+
+
+@pytest.mark.parametrize("kind, digit", [("seven", 7), ("one", 1), ("zero", 0)])
+def test_embedded_model_reads_canvas_drawings(embedded_client, kind, digit):
+    body = post_image(embedded_client, encode(drawing(kind))).json()
+    assert body["model"] == "mnist" and body["prediction"] == digit, body
