@@ -25,7 +25,6 @@ demo: setup
 	$(VENV)/bin/lenet data show --index 0
 	$(VENV)/bin/lenet train --preset quick --out runs/demo
 	$(VENV)/bin/lenet eval --checkpoint runs/demo/model.safetensors --out runs/demo
-	$(PY) -m lenet.demo_grid runs/demo
 	@echo "demo outputs: runs/demo/curves.png runs/demo/confusion.png runs/demo/mistakes.png runs/demo/predictions.png"
 
 test: setup

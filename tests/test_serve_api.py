@@ -29,7 +29,7 @@ from lenet.checkpoint import save_checkpoint
 from lenet.errors import LenetError
 from lenet.models import create_model
 from lenet.serve import create_app, serve_command
-from lenet.serve.batcher import Batcher, Overloaded
+from lenet.serve.batcher import Batcher
 from lenet.serve.inference import load_models, model_name
 from lenet.serve.server import bind_socket, make_server, url_of
 
@@ -335,13 +335,14 @@ def test_batcher_batches_what_queues_while_the_worker_is_busy():
     assert batcher.batches == 4
 
 
-def test_batcher_refuses_when_too_many_are_waiting():
-    async def main():
-        batcher = Batcher(lambda items: (time.sleep(0.05), items)[1], ThreadPoolExecutor(1), max_pending=2)
-        return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
-
-    results = asyncio.run(main())
-    assert results[:2] == [0, 1] and isinstance(results[2], Overloaded)
+def test_too_many_waiting_is_a_503_not_a_queue(client):
+    app = client.app
+    app.state.max_waiting, saved = 0, app.state.max_waiting
+    try:
+        assert_error(post_image(client, encode(drawing())), 503, "server busy")
+    finally:
+        app.state.max_waiting = saved
+    assert post_image(client, encode(drawing())).status_code == 200
 
 
 def test_event_loop_answers_while_a_prediction_runs(checkpoints):

@@ -3,7 +3,9 @@
 Every image in the batch gets its own rotation, scale, shear and shift, but the work is two
 tensor ops (`affine_grid`, `grid_sample`) on the (B, 1, 28, 28) batch instead of a PIL call
 per image. Elastic distortion follows Simard et al. 2003: a random displacement field per
-image, smoothed by a Gaussian of width `elastic_sigma` pixels, scaled by `elastic_alpha` pixels.
+image, smoothed by a Gaussian of width `elastic_sigma` pixels, scaled so its largest
+displacement is `elastic_alpha` pixels. `thickness` dilates or erodes a share of the images by
+about half a pixel per side (mean with a 3x3 max or min): pens differ, preprocessing can't fix it.
 
     lenet train --augment --rotate 12 --elastic-alpha 34 ...
 """
@@ -23,8 +25,9 @@ class AugmentConfig:
     scale: float = 0.1  # max relative zoom in or out
     shear: float = 10.0  # max shear, degrees
     shift: float = 0.1  # max shift, fraction of the side (0.1 = 2.8 px)
-    elastic_alpha: float = 0.0  # elastic displacement scale in pixels; 0 = off
+    elastic_alpha: float = 0.0  # peak elastic displacement in pixels; 0 = off
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels
+    thickness: float = 0.0  # share of images whose strokes get 1 px thicker or thinner (pens differ)
 
 
 def _uniform(n: int, bound: float, gen: torch.Generator) -> torch.Tensor:
@@ -68,4 +71,17 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)  # (B, H, W, 2)
     if cfg.elastic_alpha > 0:
         grid = grid + elastic_field(n, h, cfg, gen)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.thickness > 0:
+        out = change_thickness(out, cfg.thickness, gen)
+    return out
+
+
+def change_thickness(images: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """Dilate (half of `share`) or erode (the other half) each chosen image by about half a
+    pixel per side: the mean of the image and its 3x3 max (or min). A full 3x3 erosion would
+    wipe out MNIST's 2-3 px strokes."""
+    u = torch.rand(len(images), 1, 1, 1, generator=gen)  # (B, 1, 1, 1): one draw per image
+    thicker = (images + F.max_pool2d(images, 3, stride=1, padding=1)) / 2
+    thinner = (images - F.max_pool2d(-images, 3, stride=1, padding=1)) / 2
+    return torch.where(u < share / 2, thicker, torch.where(u < share, thinner, images))

@@ -18,11 +18,13 @@ from lenet.report import plot_confusion, save_image_grid
 from lenet.train import evaluate, write_json
 
 MAX_MISTAKES_SHOWN = 100
+PREDICTIONS_SHOWN = 64
 
 
 def eval_command(checkpoint: str | None, dataset: str | None, out: Path | None,
                  root: str | None = None) -> dict[str, Any]:
-    """Evaluate on the test set; with `out`, also write confusion.png, mistakes.png, eval.json."""
+    """Evaluate on the test set; with `out`, also write confusion.png, mistakes.png (true>predicted),
+    predictions.png (the first test images with their predicted class) and eval.json."""
     model, meta = load_checkpoint(checkpoint)
     trained_on = meta.get("dataset")
     dataset = dataset or trained_on
@@ -42,7 +44,10 @@ def eval_command(checkpoint: str | None, dataset: str | None, out: Path | None,
         wrong = (pred != data.test_labels).nonzero().flatten()[:MAX_MISTAKES_SHOWN]
         names = data.class_names
         titles = [f"{names[int(data.test_labels[i])]}>{names[int(pred[i])]}" for i in wrong.tolist()]
-        files = [plot_confusion(result["confusion_matrix"], names, out / "confusion.png")]
+        first = range(min(PREDICTIONS_SHOWN, len(pred)))
+        files = [plot_confusion(result["confusion_matrix"], names, out / "confusion.png"),
+                 save_image_grid(data.test_images[:len(first)], [names[int(pred[i])] for i in first],
+                                 out / "predictions.png", ncols=8)]
         if len(wrong):
             files.append(save_image_grid(data.test_images[wrong], titles, out / "mistakes.png", ncols=10))
         report["files"] = [str(f) for f in files] + [str(out / "eval.json")]

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from lenet.errors import LenetError
@@ -152,11 +152,45 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(arr, "F").resize(size, method), dtype=np.float32)
 
 
+def _median(values: np.ndarray) -> float:
+    """Median by partial sort (upper median; O(n), unlike a full sort)."""
+    flat = values.ravel()
+    return float(np.partition(flat, flat.size // 2)[flat.size // 2]) if flat.size else 0.0
+
+
 def _mad_sigma(values: np.ndarray) -> float:
     """Robust standard deviation (1.4826 x median absolute deviation)."""
-    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return 1.4826 * _median(np.abs(values - _median(values)))
 
 
+def _box3(x: np.ndarray) -> np.ndarray:
+    """3x3 mean, edges replicated: (H, W) -> (H, W)."""
+    p = np.pad(x, 1, mode="edge")
+    rows = p[:-2] + p[1:-1] + p[2:]  # (H, W+2)
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1 / 9)
+
+
+def _max_filter(x: np.ndarray, radius: int, cross: bool = False) -> np.ndarray:
+    """Grey dilation by a (2r+1)-square, or by a 3x3 cross: (H, W) -> (H, W).
+
+    Numpy shifts, not torch: torch's thread pool is slower than this for such small
+    images, the more so on a busy machine.
+    """
+    h, w = x.shape
+    p = np.pad(x, radius, mode="constant", constant_values=x.min() if x.size else 0)
+    if cross:  # radius 1: centre, up, down, left, right
+        out = np.maximum(p[:-2, 1:-1], p[2:, 1:-1])
+        return np.maximum(np.maximum(out, p[1:-1, :-2]), np.maximum(p[1:-1, 2:], x))
+    rows = p[: h].copy()  # (H, W+2r): max over the 2r+1 rows
+    for i in range(1, 2 * radius + 1):
+        np.maximum(rows, p[i:i + h], out=rows)
+    out = rows[:, :w].copy()
+    for i in range(1, 2 * radius + 1):
+        np.maximum(out, rows[:, i:i + w], out=out)
+    return out
+
+
+@lru_cache(maxsize=16)
 def _poly_terms(h: int, w: int) -> np.ndarray:
     """(h*w, 6) quadratic terms 1, x, y, x^2, xy, y^2 of pixel centres in [-1, 1]."""
     y, x = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
@@ -179,42 +213,44 @@ def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     values = small.ravel()
     terms = _poly_terms(*small.shape)  # (h'*w', 6)
     sigma = _mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
-    inliers = np.abs(values - np.median(values)) <= max(2.5 * sigma, 2.0)
+    inliers = np.abs(values - _median(values)) <= max(2.5 * sigma, 2.0)
     for _ in range(4):
-        coef = np.linalg.lstsq(terms[inliers], values[inliers], rcond=None)[0]
-        resid = values - terms @ coef
+        a = terms[inliers]  # normal equations: a 6x6 solve (lstsq's LAPACK call is 100x slower here)
+        coef = np.linalg.solve((a.T @ a).astype(np.float64) + 1e-6 * np.eye(6), (a.T @ values[inliers]).astype(np.float64))
+        resid = values - terms @ coef.astype(np.float32)
         sigma = _mad_sigma(resid[inliers])
         inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
     floor = 3.0 * sigma + 2.0
     dark = float(np.maximum(-resid - floor, 0).sum()) >= float(np.maximum(resid - floor, 0).sum())
-    paper = (terms @ coef).reshape(small.shape).astype(np.float32)
+    paper = (terms @ coef.astype(np.float32)).reshape(small.shape)
     return _resize(paper, (w, h)), dark
 
 
-def _label(mask: np.ndarray) -> np.ndarray:
-    """8-connected components of a small bool mask -> int64 labels (0 where False).
+def _label(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """8-connected components of the pixels (ys, xs) -> a component id per pixel.
 
-    Min-label propagation with pointer jumping: a label is a pixel index + 1, and each
-    round also jumps every pixel to its label's own label, so it converges in a few rounds.
+    Union-find on the pixel list, vectorised: every round hooks the larger root of each
+    edge under the smaller, then follows parents to the roots; a few rounds suffice.
     """
-    h, w = mask.shape
-    none = h * w + 1
-    lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), none)
-    pad = np.full((h + 2, w + 2), none)
+    n = len(ys)
+    index = np.full((shape[0] + 2, shape[1] + 2), -1)
+    index[ys + 1, xs + 1] = np.arange(n)
+    edges = []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each neighbour pair once
+        other = index[ys + 1 + dy, xs + 1 + dx]
+        edges.append(np.stack([np.arange(n)[other >= 0], other[other >= 0]]))
+    u, v = np.concatenate(edges, axis=1)
+    parent = np.arange(n)
     while True:
-        pad[1:-1, 1:-1] = lab
-        new = lab.copy()
-        for dy in range(3):
-            for dx in range(3):
-                np.minimum(new, pad[dy:dy + h, dx:dx + w], out=new)
-        new[~mask] = none
-        flat = np.append(new.ravel(), none)
-        for _ in range(3):  # pointer jumping
-            new = np.where(mask, flat[new - 1], none)
-            flat[:-1] = new.ravel()
-        if np.array_equal(new, lab):
-            return np.where(mask, lab, 0)
-        lab = new
+        pu, pv = parent[u], parent[v]
+        if np.array_equal(pu, pv):
+            return parent
+        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
 
 
 def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
@@ -224,11 +260,10 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
     lifted from) or light but close (a broken stroke), and dropped when it is speckle or a
     ruling line crossing the page (touches two opposite borders, thin).
     """
-    lab = _label(mask)
-    ids, inv = np.unique(lab[mask], return_inverse=True)
     ys, xs = np.nonzero(mask)
+    ids, inv = np.unique(_label(ys, xs, mask.shape), return_inverse=True)
     n, h, w = len(ids), *mask.shape
-    weight = np.bincount(inv, weights=mass[mask], minlength=n)
+    weight = np.bincount(inv, weights=mass[ys, xs], minlength=n)
     top, left = np.full(n, h), np.full(n, w)
     bottom, right = np.zeros(n, int), np.zeros(n, int)
     np.minimum.at(top, inv, ys), np.minimum.at(left, inv, xs)
@@ -243,10 +278,11 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
     size = max(bottom[main] - top[main], right[main] - left[main])
     gap = np.maximum(np.maximum(top[main] - bottom, top - bottom[main]),
                      np.maximum(left[main] - right, left - right[main]))  # <= 0 when boxes overlap
-    keep = (weight >= 0.2 * weight[main]) & (gap <= 0.6 * size) | \
-           (weight >= 0.02 * weight[main]) & (gap <= 0.2 * size + 1)
-    keep &= weight > 0
-    return np.isin(lab, ids[keep])
+    keep = (((weight >= 0.2 * weight[main]) & (gap <= 0.6 * size))
+            | ((weight >= 0.02 * weight[main]) & (gap <= 0.2 * size + 1))) & (weight > 0)
+    out = np.zeros_like(mask)
+    out[ys[keep[inv]], xs[keep[inv]]] = True
+    return out
 
 
 def _stroke_width(v: np.ndarray) -> float:
@@ -262,18 +298,11 @@ def _change_width(v: np.ndarray, delta: float) -> np.ndarray:
     Grey dilation/erosion with a 3x3 square alternated with a 3x3 cross: an octagon, close
     enough to a round pen.
     """
-    steps = int(round(abs(delta) / 2))
-    t = torch.from_numpy(v)[None, None]  # (1, 1, h, w)
-    if delta < 0:
-        t = -t
-    for i in range(steps):
-        if i % 2:
-            t = torch.maximum(F.max_pool2d(t, (1, 3), 1, (0, 1)), F.max_pool2d(t, (3, 1), 1, (1, 0)))
-        else:
-            t = F.max_pool2d(t, 3, 1, 1)
-    if delta < 0:
-        t = -t
-    return t[0, 0].numpy()
+    sign = 1.0 if delta > 0 else -1.0  # erosion is dilation of the negative
+    out = sign * v
+    for i in range(int(round(abs(delta) / 2))):  # each step adds a pixel on both sides
+        out = _max_filter(out, 1, cross=bool(i % 2))
+    return sign * out
 
 
 def _bbox(v: np.ndarray, level: float = 0.02) -> tuple[int, int, int, int] | None:
@@ -355,23 +384,23 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float, float]:
     """(H, W) grey -> (ink, smoothed ink, ink is dark, paper noise, noise of smoothed ink).
 
     Ink is how far a pixel is from the paper towards the ink's side, in grey levels.
-    The smoothed copy (3x3 mean, photos only) decides what is ink: a third of the noise.
+    The smoothed copy (3x3 mean; not for small clean images such as MNIST itself, where
+    every pixel counts) decides what is ink: it has a third of the noise.
     """
     paper, dark = background(gray)
     resid = gray - paper
     noise = max(_mad_sigma(resid[::2, ::2] if gray.size > 4096 else resid), 0.5)
     ink = _remove_rulings(np.maximum(-resid if dark else resid, 0.0))  # (H, W) >= 0
-    if min(gray.shape) < 48 and noise < 3.0:  # small clean scans, MNIST itself: every pixel counts
+    if min(gray.shape) < 48 and noise < 3.0:
         return ink, ink, dark, noise, noise
-    smooth = F.avg_pool2d(torch.from_numpy(ink)[None, None], 3, 1, 1, count_include_pad=False)[0, 0].numpy()
-    return ink, smooth, dark, noise, max(noise / 2.0, 0.5)  # /2, not /3: JPEG noise is correlated
+    return ink, _box3(ink), dark, noise, max(noise / 2.0, 0.5)  # /2, not /3: JPEG noise is correlated
 
 
-def _components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
-    """Keep the digit's components of a (H, W) ink mask -> (H, W) bool, or None.
+def _components(mask: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The digit's parts of a (H, W) ink mask -> (coarse keep mask, cell size), or None.
 
-    Found on a coarse grid (cells of `cell` px, a few thousand at most): a cell holds ink
-    if any of its pixels does, and touching cells are one component, so strokes a few
+    Found on a coarse grid (cells of `cell` px, a few thousand cells at most): a cell holds
+    ink if any of its pixels does, and touching cells are one component, so strokes a few
     pixels apart join.
     """
     h, w = mask.shape
@@ -381,9 +410,7 @@ def _components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
     coarse[:h, :w] = np.where(mask, mass, 0.0)
     coarse = coarse.reshape(ph // cell, cell, pw // cell, cell).sum((1, 3))  # (H/cell, W/cell) ink mass
     keep = _keep_components(coarse > 0, coarse)
-    if keep is None:
-        return None
-    return np.repeat(np.repeat(keep, cell, 0), cell, 1)[:h, :w] & mask
+    return None if keep is None else (keep, cell)
 
 
 def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = True) -> Preprocessed:
@@ -406,27 +433,39 @@ def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = 
     strong = smooth[smooth > max(4.0 * noise_s, 4.0)]
     if strong.size < 3:
         return nothing("no ink stands out from the paper")
-    contrast = float(np.median(strong[strong >= _otsu(strong)]))
+    contrast = _median(strong[strong >= _otsu(strong)])
     if contrast < max(MIN_CONTRAST, 8.0 * noise_s):
         return nothing("no ink stands out from the paper", contrast)
-    keep = _components(smooth > max(4.0 * noise_s, 0.4 * contrast), smooth)  # (H, W) the digit's ink
-    if keep is None:
+    mask = smooth > max(4.0 * noise_s, 0.4 * contrast)  # (H, W) ink pixels
+    found = _components(mask, smooth)
+    if found is None:
         return nothing("only ruling lines", contrast)
-    near = F.max_pool2d(torch.from_numpy(keep.astype(np.float32))[None, None], 5, 1, 2)[0, 0].numpy() > 0
+
+    # From here on only the kept cells' box (+2 px) is looked at.
+    keep, cell = found
+    rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
+    y0, x0 = max(rows[0] * cell - 2, 0), max(cols[0] * cell - 2, 0)
+    y1, x1 = min((rows[-1] + 1) * cell + 2, mask.shape[0]), min((cols[-1] + 1) * cell + 2, mask.shape[1])
+    fine = np.repeat(np.repeat(keep, cell, 0), cell, 1)  # (>=H, >=W) cells back to pixels
+    pad = np.pad(fine, ((2, 2), (2, 2)))[y0 + 2:y1 + 2, x0 + 2:x1 + 2]  # the box, the 2 px margin padded
+    keep = pad & mask[y0:y1, x0:x1]
+    near = _max_filter(keep.astype(np.float32), 2) > 0  # 2 px around kept ink: its soft edges
+    ink = ink[y0:y1, x0:x1]
 
     # Soft ink in [0, 1] near the kept strokes: paper noise off, and for digits the stroke
     # cores saturated (MNIST's strokes are 255 with anti-aliased edges).
     level = float(np.percentile(ink[keep], 75 if digits else 99))
     floor = 2.5 * noise if digits else 0.0
     soft = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0), 0.0).astype(np.float32)
-    found = _bbox(soft)
-    if found is None:
+    box = _bbox(soft)
+    if box is None:
         return nothing("the ink is too faint", contrast)
-    top, bottom, left, right = found
+    top, bottom, left, right = box
     if max(bottom - top, right - left) < max(2, 0.02 * max(gray.shape)):
         return nothing("only a speck", contrast)
     crop = soft[top:bottom, left:right]
-    bbox = (int(left * scale), int(top * scale), int(np.ceil(right * scale)), int(np.ceil(bottom * scale)))
+    bbox = (int((x0 + left) * scale), int((y0 + top) * scale),
+            int(np.ceil((x0 + right) * scale)), int(np.ceil((y0 + bottom) * scale)))
 
     width = change = 0.0
     if digits:

@@ -134,8 +134,6 @@ class Run:
         try:
             # channels-last: oneDNN's preferred layout for CPU convolutions
             self.model = create_model(cfg.model, **args).to(device, memory_format=torch.channels_last)
-        except KeyError as exc:
-            raise LenetError(f"--model: {exc.args[0]}") from None
         except TypeError as exc:
             raise LenetError(f"--model-args do not fit {cfg.model}: {exc}") from None
         self.model_args = args
@@ -176,7 +174,7 @@ class Run:
     def train_epoch(self, step: Callable, progress: bool) -> dict[str, float]:
         self.model.train()
         aug = AugmentConfig(self.cfg.rotate, self.cfg.scale, self.cfg.shear, self.cfg.shift,
-                            self.cfg.elastic_alpha, self.cfg.elastic_sigma)
+                            self.cfg.elastic_alpha, self.cfg.elastic_sigma, self.cfg.thickness)
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
         images, labels = self.data.train_images, self.data.train_labels
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()

@@ -13,6 +13,8 @@ Every client error is a 4xx with `{"error": "..."}`. Models are loaded once in
 
 from __future__ import annotations
 
+import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -26,11 +28,12 @@ from starlette.exceptions import HTTPException
 
 from lenet.errors import LenetError
 from lenet.preprocess import MAX_PIXELS
-from lenet.serve.batcher import Batcher, Overloaded
-from lenet.serve.inference import Job, load_models, run_batch, warm_up
+from lenet.serve.batcher import Batcher
+from lenet.serve.inference import load_models, prepare, run_batch, warm_up
 from lenet.serve.upload import ApiError, read_image_bytes
 
 STATIC = Path(__file__).parent / "static"
+MAX_WAITING = 512  # requests in flight beyond this get a 503 at once instead of a long wait
 # The page loads nothing from elsewhere; the policy makes a stray CDN link fail loudly.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
@@ -124,15 +127,22 @@ async def predict(request: Request,
     """Recognise the digit (or garment) in an image: raw bytes or a multipart file part."""
     state = request.app.state
     name = model or next(iter(state.models))
-    if name not in state.batchers:
+    if name not in state.models:
         raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(state.models)}")
+    if state.waiting >= state.max_waiting:
+        raise ApiError(503, f"server busy: {state.waiting} requests waiting; retry shortly")
     data = await read_image_bytes(request, state.max_body_bytes)
+    state.waiting += 1
     try:
-        result = await state.batchers[name].submit(Job(data, top_k, include_input))
-    except Overloaded as exc:
-        raise ApiError(503, f"server busy ({exc}); retry shortly") from None
+        # Decoding and preprocessing are most of the work: they run on a few threads at
+        # once (numpy and Pillow release the GIL); the forward passes are batched.
+        job = await asyncio.get_running_loop().run_in_executor(
+            state.preprocess_pool, prepare, state.models[name], data, top_k, include_input, state.max_pixels)
+        result = await state.batchers[name].submit(job)
     except LenetError as exc:
         raise ApiError(400, str(exc)) from None
+    finally:
+        state.waiting -= 1
     return JSONResponse({**result, "model": name})
 
 
@@ -146,15 +156,18 @@ def create_app(checkpoints: list[str | Path | None] | None = None, max_body_byte
     models = load_models(list(checkpoints or [None]))
     for predictor in models.values():
         warm_up(predictor)
-    # One inference thread for all models: on a small machine the other core runs the
-    # event loop, and batching (not more threads) is what scales the forward pass.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-infer")
+    # One inference thread for all models: batching, not more threads, is what scales a
+    # forward pass this small.
+    inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-infer")
     app = FastAPI(title="lenet", summary="LeNet-5 digit recognition: draw, upload, predict",
                   version="1")
     app.state.models = models
     app.state.max_body_bytes = max_body_bytes
-    app.state.batchers = {name: Batcher(partial(run_batch, p, max_pixels=max_pixels), executor)
-                          for name, p in models.items()}
+    app.state.max_pixels = max_pixels
+    app.state.preprocess_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                   thread_name_prefix="lenet-pre")
+    app.state.batchers = {name: Batcher(partial(run_batch, p), inference) for name, p in models.items()}
+    app.state.waiting, app.state.max_waiting = 0, MAX_WAITING
     add_error_handlers(app)
     app.add_api_route("/", page, include_in_schema=False)
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="liveness")

@@ -15,26 +15,19 @@ from concurrent.futures import Executor
 from typing import Any, Callable, Sequence
 
 
-class Overloaded(Exception):
-    """More requests are waiting than `max_pending`: the caller should answer 503."""
-
-
 class Batcher:
     """Feeds queued items to `run_batch` on `executor`, a batch at a time, in arrival order."""
 
     def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], executor: Executor,
-                 max_batch: int = 64, max_pending: int = 1024):
+                 max_batch: int = 64):
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch = max_batch
-        self.max_pending = max_pending
         self.batches = 0  # forward passes so far: the tests and the benchmark read it
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
 
     async def submit(self, item: Any) -> Any:
-        if len(self._pending) >= self.max_pending:
-            raise Overloaded(f"{len(self._pending)} requests already waiting")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((item, future))
