@@ -77,7 +77,8 @@ SKELETONS = {
     9: [[("arc", .5, .3, .28, .25, 0, 360), (.78, .3), (.74, .96)],
         [("arc", .5, .3, .28, .25, -10, 350), (.78, .32), ("arc", .38, .6, .4, .36, 0, 110)]],
 }
-# The forms that are lists of several strokes: which stroke lists belong together.
+# Each digit's forms: which of its strokes above are drawn together (a 4 open or closed,
+# a 7 with or without a bar, a 1 with or without a flag, ...).
 FORMS = {
     0: [[0], [1]], 1: [[0], [1], [2], [3]], 2: [[0], [1]], 3: [[0], [1]], 4: [[0], [1, 2]],
     5: [[0], [1, 2]], 6: [[0], [1]], 7: [[0], [1], [0, 2]], 8: [[0], [1]], 9: [[0], [1]],
@@ -332,7 +333,8 @@ def save_grid(path: str, rows: dict[str, list[bytes]], predictor, per_row: int =
     for r, (category, images) in enumerate(rows.items()):
         for c, data in enumerate(images[:per_row]):
             img = open_image(data)
-            thumb = img.convert("L")
+            thumb = img.convert("RGBA")
+            thumb = Image.alpha_composite(Image.new("RGBA", thumb.size, "white"), thumb).convert("L")
             thumb.thumbnail((cell - 4, cell - 4))
             grid.paste(thumb, (c * cell + 2, 2 * r * cell + 2))
             seen = predictor.preprocess(img).image

@@ -3,6 +3,7 @@
     lenet serve &                                   # then:
     python benchmarks/serve_load.py                 # 5,000 at concurrency 50, then 500 one at a time
     python benchmarks/serve_load.py --spawn         # starts (and stops) its own server on a free port
+    python benchmarks/serve_load.py --spawn --checkpoint runs/x/model.safetensors
     python benchmarks/serve_load.py --url http://127.0.0.1:8000/ --requests 5000 --concurrency 50 \
         --sequential 500 --image digit.png --json
 
@@ -110,10 +111,11 @@ async def run_phase(host: str, port: int, request: bytes, total: int, concurrenc
             "p99_ms": round(pct(0.99), 2), "max_ms": round(1000 * latencies[-1], 2), "errors": errors}
 
 
-def spawn_server() -> tuple[subprocess.Popen, str]:
+def spawn_server(checkpoints: list[str]) -> tuple[subprocess.Popen, str]:
     """`lenet serve --port 0` in a child process; returns it and the URL it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "lenet", "serve", "--port", "0"], stdout=subprocess.PIPE,
-                            text=True)
+    options = [arg for c in checkpoints for arg in ("--checkpoint", c)]
+    proc = subprocess.Popen([sys.executable, "-m", "lenet", "serve", "--port", "0", *options],
+                            stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     match = re.search(r"http://\S+", line)
     if not match:
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000/")
     parser.add_argument("--spawn", action="store_true", help="start a server on a free port for the run")
+    parser.add_argument("--checkpoint", action="append", default=[], help="with --spawn: the model(s) to serve")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--sequential", type=int, default=500, help="requests sent one at a time")
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     proc = None
     if args.spawn:
-        proc, args.url = spawn_server()
+        proc, args.url = spawn_server(args.checkpoint)
     args.url = args.url.rstrip("/") + "/"
     try:
         body = args.image.read_bytes() if args.image else canvas_png()

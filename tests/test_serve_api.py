@@ -335,6 +335,27 @@ def test_batcher_batches_what_queues_while_the_worker_is_busy():
     assert batcher.batches == 4
 
 
+def test_batcher_runs_lone_requests_on_every_worker_at_once():
+    calls: list[list[int]] = []
+
+    def run(items):
+        calls.append(items)
+        time.sleep(0.3)
+        return items
+
+    async def main():
+        batcher = Batcher(run, ThreadPoolExecutor(2), workers=2)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # worker 1 busy: the next request starts worker 2, not a queue
+        start = time.perf_counter()
+        second = await batcher.submit(1)
+        return [await first, second], time.perf_counter() - start
+
+    results, seconds = asyncio.run(main())
+    assert results == [0, 1] and calls == [[0], [1]]
+    assert seconds < 0.5  # it ran beside the first, not after it
+
+
 def test_too_many_waiting_is_a_503_not_a_queue(client):
     app = client.app
     app.state.max_waiting, saved = 0, app.state.max_waiting

@@ -21,7 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageFilter
+
+from lenet.checkpoint import save_checkpoint
+from lenet.models import create_model
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +53,20 @@ def start_server(*options: str) -> tuple[subprocess.Popen, str]:
     return proc, match.group(0)
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    proc, url = start_server()
-    yield url
+def stop_server(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)  # what Ctrl+C sends: a clean shutdown, "interrupted"
     try:
         assert proc.wait(timeout=15) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    proc, url = start_server()
+    yield url
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +247,33 @@ def test_phone_finger_drawing_and_keyboard_reach(server_url, browser, tmp_path):
     assert page.locator("#top").text_content() == "?" and canvas_is_blank(page)
     assert console.errors == []
     context.close()
+
+
+def test_model_selector_switches_classes(browser, tmp_path):
+    """With two checkpoints the page offers both; the second's class names become the bars."""
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot"]
+    torch.manual_seed(0)
+    fashion = tmp_path / "clothes.safetensors"
+    save_checkpoint(fashion, create_model("lenet5"), {
+        "model": "lenet5", "model_args": {"num_classes": 10}, "dataset": "fashion-mnist",
+        "class_names": names, "metrics": {"test_accuracy": 0.9}})
+    proc, url = start_server("--checkpoint", "mnist", "--checkpoint", str(fashion))
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        console = Console(page)
+        page.goto(url)
+        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        assert page.locator("#model-picker").is_visible()
+        page.select_option("#model", "clothes")
+        assert [label for label, _, _ in bars(page)] == names
+        draw_with_mouse(page, SEVEN)
+        page.wait_for_function("document.getElementById('top').textContent !== '?'", timeout=15_000)
+        assert page.locator("#top").text_content() in names
+        assert len([1 for _, _, best in bars(page) if best]) == 1
+        page.wait_for_timeout(200)
+        page.screenshot(path=tmp_path / "fashion-model.png")
+        assert console.errors == []
+        page.close()
+    finally:
+        stop_server(proc)

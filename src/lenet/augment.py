@@ -7,7 +7,7 @@ image, smoothed by a Gaussian of width `elastic_sigma` pixels, scaled so its lar
 displacement is `elastic_alpha` pixels. `thickness` dilates or erodes a share of the images by
 about half a pixel per side (mean with a 3x3 max or min): pens differ, preprocessing can't fix it.
 
-    lenet train --augment --rotate 12 --elastic-alpha 34 ...
+    lenet train --augment --rotate 12 --elastic-alpha 2 --thickness 0.3
 """
 
 from __future__ import annotations

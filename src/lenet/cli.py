@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"lenet: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("lenet: interrupted", file=sys.stderr)
         return 130

@@ -8,3 +8,9 @@ is a bug and keeps its traceback.
 
 class LenetError(Exception):
     """A user-facing error: its message is printed as one line, exit code 2."""
+
+
+class Interrupted(LenetError):
+    """Ctrl-C or SIGTERM stopped a long command after saving what it had: exit code 130."""
+
+    exit_code = 130

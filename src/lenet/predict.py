@@ -98,16 +98,18 @@ class Predictor:
         return result
 
 
-def find_images(inputs: list[str]) -> Iterator[tuple[str, Path | None, Path | None, str | None]]:
+def find_images(inputs: list[str], skip: Path | None = None
+                ) -> Iterator[tuple[str, Path | None, Path | None, str | None]]:
     """Each input -> (shown name, file, folder it came from, error): folders walked
-    recursively in sorted order, keeping files with an image suffix; a file named
-    directly is tried whatever its suffix."""
+    recursively in sorted order, keeping files with an image suffix (hidden files and the
+    folder `skip` left out); a file named directly is tried whatever its suffix."""
+    skip = skip.resolve() if skip is not None else None
     for text in inputs:
         path = Path(text)
         if path.is_dir():
             found = False
             for folder, dirs, files in os.walk(path):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if (Path(folder) / d).resolve() != skip)
                 for name in sorted(files):
                     if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
                         found = True
@@ -172,7 +174,8 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
     done = failed = 0
     used: set[Path] = set()
     header = False
-    for chunk in _chunks(find_images(inputs), BATCH):
+    # --save-input inside an input folder: its copies are not inputs (they would be found again)
+    for chunk in _chunks(find_images(inputs, skip=out_dir), BATCH):
         ready = []  # (shown name, file, root, preprocessed)
         for shown, file, root, error in chunk:
             try:
@@ -181,7 +184,7 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
                 ready.append((shown, file, root, predictor.preprocess(open_image(file, shown))))
             except LenetError as exc:
                 failed += 1
-                print(f"lenet predict: {exc}", file=err, flush=True)
+                print(f"lenet: error: {exc}", file=err, flush=True)
         results = predictor.answers([seen for *_, seen in ready], top_k)
         width = max([len(shown) for shown, *_ in ready] + [4])
         if ready and not as_json and not header:

@@ -5,10 +5,14 @@ anti-aliasing and placed in 28x28 so their centre of mass is at the centre. A ph
 or a canvas drawing is none of that, so `preprocess` rebuilds it step by step, all as array
 operations on an image first reduced to at most WORK_SIDE pixels:
 
-  grayscale (transparency counts as paper) -> background on a coarse grid (kills tint and
-  gradients) -> polarity (dark ink or light ink) -> ink map, noise level, threshold ->
-  connected components (drops speckles and ruling lines) -> crop -> stroke width brought
-  into MNIST's range -> fit into 20x20 -> paste into 28x28, centred by mass.
+  grayscale (transparency counts as paper) -> the paper as a smooth surface fitted
+  robustly (kills tint, lighting gradients, vignetting) -> polarity (dark or light ink) ->
+  ink map, noise level, contrast (Otsu), threshold -> ruled lines off -> connected
+  components (drops speckle, ruling lines, the desk around a sheet) -> crop -> stroke
+  width brought into MNIST's range -> fit into 20x20 -> paste into 28x28 by centre of mass.
+
+Nothing found (a blank sheet, noise, a speck) gives `Preprocessed.image` None and a reason,
+never a guess.
 
 Used by:
     lenet predict photo.jpg scans/ [--save-input DIR]     # lenet.predict
@@ -31,13 +35,14 @@ from PIL import Image, ImageOps
 from lenet.errors import LenetError
 
 MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs): 40 MP is a big phone photo
-WORK_SIDE = 320  # long side the analysis runs at; a digit filling 1/8 of a photo keeps 40 px
-SMALL_SIDE = 64  # long side of the image the background grid and components are found on
+WORK_SIDE = 200  # long side the analysis runs at; a digit filling 1/5 of a photo keeps 40 px
+SMALL_SIDE = 48  # long side of the small copies the paper is fitted on and components found on
 OUT, BOX = 28, 20  # MNIST: a 20x20 box inside 28x28
 CENTRE = 14.0  # MNIST's centre of mass sits on pixel index 14 (measured: 13.99, 14.01)
 # Stroke width as 2*sum(v)/sum(|grad v|) in 20-box pixels: MNIST's 1st..99th percentile is
-# 1.8..4.4 (median 2.5); outside [WIDTH_LO, WIDTH_HI] a stroke is thickened or thinned.
-WIDTH_LO, WIDTH_HI, WIDTH_THIN_TO, WIDTH_THICK_TO = 1.7, 4.6, 2.3, 3.6
+# 1.8..4.4 (median 2.5). Outside [WIDTH_LO, WIDTH_HI] a stroke is thickened or thinned,
+# continuously: just past the limit to the limit, far past it further in (see _target_width).
+WIDTH_LO, WIDTH_HI = 1.8, 4.4
 MIN_CONTRAST = 16.0  # grey levels (of 255) between ink and paper below which nothing is there
 NO_DIGIT = "no digit found"
 
@@ -67,22 +72,33 @@ def open_image(source: str | Path | bytes, name: str | None = None,
     """
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     label = name or ("upload" if is_bytes else str(source))
-    if not is_bytes:
+    if is_bytes:
+        if len(source) == 0:
+            raise LenetError(f"{label}: empty, not an image")
+        fp = io.BytesIO(source)
+    else:
         path = Path(source)
         if path.is_dir():
             raise LenetError(f"{label}: is a directory, not an image")
         if not path.is_file():
             raise LenetError(f"{label}: no such file")
+        if path.stat().st_size == 0:
+            raise LenetError(f"{label}: empty file, not an image")
         try:
-            source = path.read_bytes()
+            fp = path.open("rb")  # Pillow reads only the header of a non-image, not the whole file
         except OSError as exc:
             raise LenetError(f"{label}: cannot read ({exc.strerror or exc})") from None
-    if len(source) == 0:
-        raise LenetError(f"{label}: empty file, not an image")
+    with fp:
+        return _decode(fp, label, max_pixels)
+
+
+def _decode(fp, label: str, max_pixels: int) -> Image.Image:
+    """open_image's work on an open binary file."""
+    too_large = f"{label}: image too large (over {max_pixels:,} pixels)"
     try:
-        img = Image.open(io.BytesIO(source))
+        img = Image.open(fp)
     except Image.DecompressionBombError:
-        raise LenetError(f"{label}: image too large (over {max_pixels:,} pixels)") from None
+        raise LenetError(too_large) from None
     except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
         raise LenetError(f"{label}: not an image (or a format Pillow cannot read)") from None
     width, height = img.size
@@ -97,12 +113,12 @@ def open_image(source: str | Path | bytes, name: str | None = None,
     try:
         img.seek(0)  # first frame of an animation
         img.load()
-        img = ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img)
     except Image.DecompressionBombError:
-        raise LenetError(f"{label}: image too large (over {max_pixels:,} pixels)") from None
+        raise LenetError(too_large) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise LenetError(f"{label}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
-    return img
+        why = str(exc).strip() or type(exc).__name__
+        raise LenetError(f"{label}: truncated or corrupt image ({why})") from None
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
@@ -113,6 +129,8 @@ def to_gray(img: Image.Image) -> np.ndarray:
     the opaque ones when those are few (strokes on a transparent canvas), or the opaque
     pixels' median when they are many (a cut-out photo of paper).
     """
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha
+        img = img.convert("LA" if img.mode == "La" else "RGBA")
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
     elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -126,21 +144,377 @@ def to_gray(img: Image.Image) -> np.ndarray:
     factor = -(-max(img.size) // WORK_SIDE)  # ceil
     if factor > 1:
         img = img.reduce(factor)
-    if img.mode in ("RGBA", "LA", "RGBa", "La"):
-        arr = np.asarray(img.convert("RGBA"), dtype=np.float32)
-        lum = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL
-        alpha = arr[..., 3] / 255.0
+    if img.mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        lum = np.asarray(rgba.convert("L"), dtype=np.float32)  # (H, W) colour only, alpha ignored
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) * np.float32(1 / 255)
         opaque = alpha > 0.5
         if not opaque.any():
             return np.full(alpha.shape, 255.0, dtype=np.float32)
         if opaque.mean() < 0.5:  # few opaque pixels: they are the ink
-            paper = 255.0 if float(np.average(lum, weights=alpha)) < 128 else 0.0
+            paper = 255.0 if float((lum * alpha).sum()) < 128 * float(alpha.sum()) else 0.0
         else:
-            paper = float(np.median(lum[opaque]))
-        return (alpha * lum + (1.0 - alpha) * paper).astype(np.float32)
+            paper = _median(lum[opaque])
+        return alpha * (lum - np.float32(paper)) + np.float32(paper)
     if img.mode != "F":
         img = img.convert("L")
     return np.asarray(img, dtype=np.float32)
+
+
+def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = True) -> Preprocessed:
+    """A PIL image of a digit (any size, mode, polarity) -> Preprocessed (1, 28, 28) or None.
+
+    digits=True follows MNIST: strokes saturated to white, width normalised, 20x20 box.
+    digits=False follows Fashion-MNIST: the paper is the image's border (an object may
+    fill most of the picture), grey levels are kept, no stroke change, the object's long
+    side fills all 28 pixels; pass center_by_mass=False with it (Fashion-MNIST centres the
+    box, not the mass).
+    """
+    gray = to_gray(img)  # (H, W), long side <= WORK_SIDE
+    ink, smooth, dark, noise, noise_s = _ink(gray, digits)  # (H, W) each
+
+    def nothing(why: str, contrast: float = 0.0) -> Preprocessed:
+        return Preprocessed(None, f"{NO_DIGIT}: {why}", dark, contrast=contrast, noise=noise)
+
+    # Contrast: the strong class (Otsu) of what stands out of the noise. Without Otsu, a
+    # faint gradient left over on a big sheet would outvote a small digit.
+    strong = smooth[smooth > max(4.0 * noise_s, 4.0)]
+    contrast = _median(strong[strong >= _otsu(strong)]) if strong.size >= 3 else 0.0
+    if contrast < max(MIN_CONTRAST, 8.0 * noise_s):
+        return nothing("no ink stands out from the paper", contrast)
+    lines = _rulings(smooth, contrast) if digits else None
+    if lines is not None:
+        ink, smooth = np.maximum(ink - lines, 0.0), np.maximum(smooth - lines, 0.0)
+    mask = smooth > max(4.0 * noise_s, (0.4 if digits else 0.1) * contrast)  # (H, W) ink pixels
+    kept = _components(mask, smooth)
+    if kept is None:
+        return nothing("only ruling lines or the desk", contrast)
+    soft, (y0, x0) = _soft_crop(ink, mask, *kept, noise, digits)  # (h, w) in [0, 1], its offset
+    found = _bbox(soft)
+    if found is None:
+        return nothing("the ink is too faint", contrast)
+    top, bottom, left, right = found
+    if max(bottom - top, right - left) < max(2, 0.02 * max(gray.shape)):
+        return nothing("only a speck", contrast)
+    crop = soft[top:bottom, left:right]
+    scale = max(img.size) / max(gray.shape)  # input pixels per working pixel
+    bbox = (int((x0 + left) * scale), int((y0 + top) * scale),
+            int(np.ceil((x0 + right) * scale)), int(np.ceil((y0 + bottom) * scale)))
+
+    width = change = 0.0
+    if digits:
+        crop, width, change = _normalise_strokes(crop, BOX)
+    out = _place(_fit(crop, BOX if digits else OUT), center_by_mass)  # (28, 28)
+    return Preprocessed(torch.from_numpy(out)[None], None, dark, bbox, contrast, noise, width, change)
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """A (1, 28, 28) or (28, 28) image in [0, 1] -> PNG bytes (8-bit grey, white on black)."""
+    arr = (image.detach().reshape(image.shape[-2], image.shape[-1]).clamp(0, 1) * 255).round()
+    buf = io.BytesIO()
+    Image.fromarray(arr.to(torch.uint8).numpy(), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _ink(gray: np.ndarray, digits: bool = True) -> tuple[np.ndarray, np.ndarray, bool, float, float]:
+    """(H, W) grey -> (ink, smoothed ink, ink is dark, paper noise, noise of smoothed ink).
+
+    Ink is how far a pixel is from the paper towards the ink's side, in grey levels.
+    The smoothed copy (3x3 mean; not for small clean images such as MNIST itself, where
+    every pixel counts) decides what is ink: it has a third of the noise, or half for
+    JPEG noise, which is correlated between neighbours.
+    """
+    paper, dark = background(gray) if digits else border_background(gray)
+    resid = gray - paper
+    paper_sample = (resid[::2, ::2] if gray.size > 4096 else resid) if digits else _frame(resid)
+    noise = max(_mad_sigma(paper_sample), 0.5)
+    ink = np.maximum(-resid if dark else resid, 0.0)  # (H, W) >= 0
+    if min(gray.shape) < 48 and noise < 3.0:
+        return ink, ink, dark, noise, noise
+    return ink, _box3(ink), dark, noise, max(noise / 2.0, 0.5)
+
+
+def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(H, W) grey -> (paper level (H, W), ink is dark).
+
+    The paper is a smooth surface (tint, lighting gradient, vignette): a quadratic in x and
+    y fitted to a small copy of the image by trimmed least squares. It starts from the
+    pixels near the median and each round refits on those within 2.5 sigma of the last fit,
+    so the ink is left out whichever its polarity, as long as paper is the majority.
+    Polarity: the side with more mass beyond 3 sigma of the fit is the ink.
+    """
+    h, w = gray.shape
+    factor = -(-max(h, w) // SMALL_SIDE)
+    small = _resize(gray, (max(1, w // factor), max(1, h // factor)))  # (h', w') area-averaged
+    values = small.ravel()
+    terms = _poly_terms(*small.shape)  # (h'*w', 6)
+    sigma = _mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
+    inliers = np.abs(values - _median(values)) <= max(2.5 * sigma, 2.0)
+    for _ in range(4):
+        previous = inliers
+        a = terms[inliers]  # normal equations: a 6x6 solve (lstsq's LAPACK call is 100x slower here)
+        coef = np.linalg.solve((a.T @ a).astype(np.float64) + 1e-6 * np.eye(6), (a.T @ values[inliers]).astype(np.float64))
+        resid = values - terms @ coef.astype(np.float32)
+        sigma = _mad_sigma(resid[inliers])
+        inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
+        if np.array_equal(inliers, previous):  # converged (at once for a clean canvas)
+            break
+    floor = 3.0 * sigma + 2.0
+    dark = float(np.maximum(-resid - floor, 0).sum()) >= float(np.maximum(resid - floor, 0).sum())
+    paper = (terms @ coef.astype(np.float32)).reshape(small.shape)
+    return _resize(paper, (w, h)), dark
+
+
+@lru_cache(maxsize=16)
+def _poly_terms(h: int, w: int) -> np.ndarray:
+    """(h*w, 6) quadratic terms 1, x, y, x^2, xy, y^2 of pixel centres in [-1, 1]."""
+    y, x = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
+                       indexing="ij")
+    x, y = x.ravel(), y.ravel()
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def border_background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(H, W) grey -> (paper level (H, W), object is dark) for objects, not digits.
+
+    A garment may cover most of its photo, so the paper is not the majority: its level is
+    the median of the image's outer frame (2 px), the object darker or lighter than that.
+    """
+    level = _median(_frame(gray))
+    return np.full(gray.shape, level, dtype=np.float32), float(gray.mean()) <= level
+
+
+def _frame(a: np.ndarray, k: int = 2) -> np.ndarray:
+    """The pixels of the outer k-pixel frame of an image, flat."""
+    return np.concatenate([a[:k].ravel(), a[-k:].ravel(), a[:, :k].ravel(), a[:, -k:].ravel()])
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1.0:  # one level: nothing to split
+        return lo
+    step = (hi - lo) / 64
+    hist = np.bincount(np.minimum(((values - lo) / step).astype(np.int64), 63), minlength=64)
+    edges = lo + step * np.arange(65)
+    centres = (edges[:-1] + edges[1:]) / 2
+    n0 = np.cumsum(hist)[:-1]  # pixels at or below each cut
+    n1 = hist.sum() - n0
+    s0 = np.cumsum(hist * centres)[:-1]
+    mean0, mean1 = s0 / np.maximum(n0, 1), (float(hist @ centres) - s0) / np.maximum(n1, 1)
+    return float(edges[1 + int(np.argmax(n0 * n1 * (mean0 - mean1) ** 2))])
+
+
+def _rulings(ink: np.ndarray, contrast: float) -> np.ndarray | None:
+    """The ink of a notebook's ruled lines or grid paper, (H, W), or None when there is none.
+
+    A ruling runs across the whole image (a row's 10th percentile is its level: high only
+    where ink covers 90% of the row), is thin (rows 3 away hold under half of it) and
+    fainter than the writing (under 0.6 of the contrast) - which spares a "1" drawn from
+    edge to edge.
+    """
+    if min(ink.shape) < 48:
+        return None
+
+    def thin(level: np.ndarray) -> np.ndarray:
+        pad = np.pad(level, 3, mode="edge")
+        ridge = level - np.maximum(pad[:-6], pad[6:])
+        return np.where((ridge > 0.5 * level) & (level < 0.6 * contrast), level, 0.0).astype(np.float32)
+
+    rows, cols = ink[:, ::3], ink[::3, :]  # every third column / row is enough
+    row_level = thin(np.partition(rows, rows.shape[1] // 10, axis=1)[:, rows.shape[1] // 10])  # (H,)
+    col_level = thin(np.partition(cols, cols.shape[0] // 10, axis=0)[cols.shape[0] // 10])  # (W,)
+    if not (row_level.any() or col_level.any()):
+        return None
+    return row_level[:, None] + col_level[None, :]
+
+
+def _components(mask: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The digit's parts of a (H, W) ink mask -> (coarse keep mask, cell size), or None.
+
+    Found on a coarse grid (cells of `cell` px, a few thousand cells at most): a cell holds
+    ink if any of its pixels does, and touching cells are one component, so strokes a few
+    pixels apart join.
+    """
+    h, w = mask.shape
+    cell = -(-max(h, w) // SMALL_SIDE)
+    ph, pw = -(-h // cell) * cell, -(-w // cell) * cell
+    coarse = np.zeros((ph, pw), dtype=np.float32)
+    coarse[:h, :w] = np.where(mask, mass, 0.0)
+    coarse = coarse.reshape(ph // cell, cell, pw // cell, cell).sum((1, 3))  # (H/cell, W/cell) ink mass
+    keep = _keep_components(coarse > 0, coarse)
+    return None if keep is None else (keep, cell)
+
+
+def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
+    """(h, w) coarse ink mask and ink mass -> the mask of the digit's parts, or None.
+
+    The heaviest component is the digit; another is kept when heavy (a stroke the pen
+    lifted from) or light but close (a broken stroke), and dropped when it is speckle.
+    Not the digit (unless nothing else is there): a ruling line crossing the page (touches
+    two opposite borders, thin), the desk around a photographed sheet (touches three
+    borders, or fills a corner: two adjacent borders and most of its box).
+    """
+    ys, xs = np.nonzero(mask)
+    ids, inv = np.unique(_label(ys, xs, mask.shape), return_inverse=True)
+    n, h, w = len(ids), *mask.shape
+    weight = np.bincount(inv, weights=mass[ys, xs], minlength=n)
+    top, left = np.full(n, h), np.full(n, w)
+    bottom, right = np.zeros(n, int), np.zeros(n, int)
+    np.minimum.at(top, inv, ys), np.minimum.at(left, inv, xs)
+    np.maximum.at(bottom, inv, ys + 1), np.maximum.at(right, inv, xs + 1)
+    at_top, at_bottom, at_left, at_right = top == 0, bottom == h, left == 0, right == w
+    ruling = ((at_left & at_right & (bottom - top <= max(1, 0.08 * h)))
+              | (at_top & at_bottom & (right - left <= max(1, 0.08 * w))))
+    fill = np.bincount(inv, minlength=n) / ((bottom - top) * (right - left))
+    corner = (at_top | at_bottom) & (at_left | at_right) & (fill > 0.6)
+    desk = (at_top.astype(int) + at_bottom + at_left + at_right >= 3) | corner
+    if n > 1:
+        weight = np.where(ruling | desk, 0.0, weight)
+    main = int(np.argmax(weight))
+    if weight[main] <= 0:
+        return None
+    size = max(bottom[main] - top[main], right[main] - left[main])
+    gap = np.maximum(np.maximum(top[main] - bottom, top - bottom[main]),
+                     np.maximum(left[main] - right, left - right[main]))  # <= 0 when boxes overlap
+    keep = (((weight >= 0.2 * weight[main]) & (gap <= 0.6 * size))
+            | ((weight >= 0.02 * weight[main]) & (gap <= 0.2 * size + 1))) & (weight > 0)
+    out = np.zeros_like(mask)
+    out[ys[keep[inv]], xs[keep[inv]]] = True
+    return out
+
+
+def _label(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """8-connected components of the pixels (ys, xs) -> a component id per pixel.
+
+    Union-find on the pixel list, vectorised: every round hooks the larger root of each
+    edge under the smaller, then follows parents to the roots; a few rounds suffice.
+    """
+    n = len(ys)
+    index = np.full((shape[0] + 2, shape[1] + 2), -1)
+    index[ys + 1, xs + 1] = np.arange(n)
+    edges = []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each neighbour pair once
+        other = index[ys + 1 + dy, xs + 1 + dx]
+        edges.append(np.stack([np.arange(n)[other >= 0], other[other >= 0]]))
+    u, v = np.concatenate(edges, axis=1)
+    parent = np.arange(n)
+    while True:
+        pu, pv = parent[u], parent[v]
+        if np.array_equal(pu, pv):
+            return parent
+        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+
+
+def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, noise: float,
+               digits: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """The kept components' box (+2 px) as soft ink in [0, 1] -> (array, (top, left) offset).
+
+    Only ink within 1 px of a kept mask pixel counts (its anti-aliased edge, not the
+    speckle beside it). Paper noise is taken off and, for digits, the stroke cores are
+    saturated: MNIST's strokes are 255 with grey anti-aliased edges.
+    """
+    rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
+    y0, x0 = max(rows[0] * cell - 2, 0), max(cols[0] * cell - 2, 0)
+    y1, x1 = min((rows[-1] + 1) * cell + 2, mask.shape[0]), min((cols[-1] + 1) * cell + 2, mask.shape[1])
+    cells = np.pad(np.repeat(np.repeat(keep, cell, 0), cell, 1), 2)  # cells back to pixels, +2 px margin
+    keep = cells[y0 + 2:y1 + 2, x0 + 2:x1 + 2] & mask[y0:y1, x0:x1]  # (h, w) the digit's ink pixels
+    near = _max_filter(keep.astype(np.float32), 1) > 0
+    ink = ink[y0:y1, x0:x1]
+    level = float(np.percentile(ink[keep], 75 if digits else 99))
+    floor = 2.5 * noise if digits else 0.0
+    soft = np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0)
+    return np.where(near, soft, 0.0).astype(np.float32), (y0, x0)
+
+
+def _normalise_strokes(crop: np.ndarray, box: int) -> tuple[np.ndarray, float, float]:
+    """Bring the stroke width into MNIST's range: -> (crop, width before, change), 20-box px.
+
+    Works at 4x the final size (long side 4*box, padded so a thicker stroke is not cut),
+    where one step of dilation changes the final width by half a pixel.
+    """
+    width = _stroke_width(crop) * box / max(crop.shape)
+    target = _target_width(width)
+    if abs(target - width) < 0.25 or width == 0:  # less than half a dilation step: leave it
+        return crop, width, 0.0
+    big = np.pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
+    big = _change_width(big, (target - width) * 4)
+    found = _bbox(big)
+    if found is None:
+        return crop, width, 0.0
+    top, bottom, left, right = found
+    return big[top:bottom, left:right], width, target - width
+
+
+def _target_width(width: float) -> float:
+    """The stroke width to aim for (20-box px): unchanged inside MNIST's range, else moved
+    past the nearer limit by half the distance (a hairline becomes 2.3 px, not 1.8)."""
+    if width < WIDTH_LO:
+        return min(WIDTH_LO + 0.5 * (WIDTH_LO - width), 2.4)
+    if width > WIDTH_HI:
+        return max(WIDTH_HI - 0.5 * (width - WIDTH_HI), 3.2)
+    return width
+
+
+def _stroke_width(v: np.ndarray) -> float:
+    """Mean width of the strokes in a soft ink image: 2 * area / length of the outline.
+
+    The outline's length is the total gradient magnitude (each crossing of a stroke edge
+    adds 1, at any blur), measured with a 2 px black margin so edges on the crop count.
+    """
+    gy, gx = np.gradient(np.pad(v, 2))
+    edge = float(np.hypot(gx, gy).sum())
+    return 2.0 * float(v.sum()) / edge if edge > 0 else 0.0
+
+
+def _change_width(v: np.ndarray, delta: float) -> np.ndarray:
+    """Thicken (delta > 0) or thin a soft ink image by about delta pixels of width.
+
+    Grey dilation/erosion with a 3x3 square alternated with a 3x3 cross: an octagon, close
+    enough to a round pen.
+    """
+    sign = 1.0 if delta > 0 else -1.0  # erosion is dilation of the negative
+    out = sign * v
+    for i in range(int(round(abs(delta) / 2))):  # each step adds a pixel on both sides
+        out = _max_filter(out, 1, cross=bool(i % 2))
+    return sign * out
+
+
+def _bbox(v: np.ndarray, level: float = 0.02) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the pixels above level, or None."""
+    rows, cols = np.nonzero((v > level).any(1))[0], np.nonzero((v > level).any(0))[0]
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _fit(v: np.ndarray, box: int) -> np.ndarray:
+    """A cropped (h, w) ink image -> long side `box`, aspect ratio kept, anti-aliased."""
+    h, w = v.shape
+    scale = box / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.clip(_resize(v, size), 0.0, 1.0)
+
+
+def _place(digit: np.ndarray, center_by_mass: bool) -> np.ndarray:
+    """Paste an (h, w) image (h, w <= OUT) into (OUT, OUT): by centre of mass, else by box."""
+    h, w = digit.shape
+    if center_by_mass and digit.sum() > 0:
+        ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
+        total = float(digit.sum())
+        cy, cx = float(digit.sum(1) @ ys) / total, float(digit.sum(0) @ xs) / total
+        top, left = round(CENTRE - cy), round(CENTRE - cx)
+    else:
+        top, left = (OUT - h) // 2, (OUT - w) // 2
+    top, left = min(max(top, 0), OUT - h), min(max(left, 0), OUT - w)  # whole digit stays inside
+    out = np.zeros((OUT, OUT), dtype=np.float32)
+    out[top:top + h, left:left + w] = digit
+    return out
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -188,295 +562,3 @@ def _max_filter(x: np.ndarray, radius: int, cross: bool = False) -> np.ndarray:
     for i in range(1, 2 * radius + 1):
         np.maximum(out, rows[:, i:i + w], out=out)
     return out
-
-
-@lru_cache(maxsize=16)
-def _poly_terms(h: int, w: int) -> np.ndarray:
-    """(h*w, 6) quadratic terms 1, x, y, x^2, xy, y^2 of pixel centres in [-1, 1]."""
-    y, x = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
-                       indexing="ij")
-    x, y = x.ravel(), y.ravel()
-    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
-
-
-def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(H, W) grey -> (paper level (H, W), ink is dark).
-
-    The paper is a smooth surface (tint, lighting gradient, vignette): a quadratic in x and
-    y fitted to a small copy of the image by trimmed least squares, each round dropping the
-    pixels more than 2.5 sigma off (the ink, whichever its polarity, as long as paper is
-    the majority). Polarity: the side with more mass beyond 3 sigma is the ink.
-    """
-    h, w = gray.shape
-    factor = -(-max(h, w) // SMALL_SIDE)
-    small = _resize(gray, (max(1, w // factor), max(1, h // factor)))  # (h', w') area-averaged
-    values = small.ravel()
-    terms = _poly_terms(*small.shape)  # (h'*w', 6)
-    sigma = _mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
-    inliers = np.abs(values - _median(values)) <= max(2.5 * sigma, 2.0)
-    for _ in range(4):
-        a = terms[inliers]  # normal equations: a 6x6 solve (lstsq's LAPACK call is 100x slower here)
-        coef = np.linalg.solve((a.T @ a).astype(np.float64) + 1e-6 * np.eye(6), (a.T @ values[inliers]).astype(np.float64))
-        resid = values - terms @ coef.astype(np.float32)
-        sigma = _mad_sigma(resid[inliers])
-        inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
-    floor = 3.0 * sigma + 2.0
-    dark = float(np.maximum(-resid - floor, 0).sum()) >= float(np.maximum(resid - floor, 0).sum())
-    paper = (terms @ coef.astype(np.float32)).reshape(small.shape)
-    return _resize(paper, (w, h)), dark
-
-
-def _label(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """8-connected components of the pixels (ys, xs) -> a component id per pixel.
-
-    Union-find on the pixel list, vectorised: every round hooks the larger root of each
-    edge under the smaller, then follows parents to the roots; a few rounds suffice.
-    """
-    n = len(ys)
-    index = np.full((shape[0] + 2, shape[1] + 2), -1)
-    index[ys + 1, xs + 1] = np.arange(n)
-    edges = []
-    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each neighbour pair once
-        other = index[ys + 1 + dy, xs + 1 + dx]
-        edges.append(np.stack([np.arange(n)[other >= 0], other[other >= 0]]))
-    u, v = np.concatenate(edges, axis=1)
-    parent = np.arange(n)
-    while True:
-        pu, pv = parent[u], parent[v]
-        if np.array_equal(pu, pv):
-            return parent
-        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
-        while True:
-            up = parent[parent]
-            if np.array_equal(up, parent):
-                break
-            parent = up
-
-
-def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
-    """(h, w) coarse ink mask and ink mass -> the mask of the digit's parts, or None.
-
-    The heaviest component is the digit; another is kept when heavy (a stroke the pen
-    lifted from) or light but close (a broken stroke), and dropped when it is speckle or a
-    ruling line crossing the page (touches two opposite borders, thin).
-    """
-    ys, xs = np.nonzero(mask)
-    ids, inv = np.unique(_label(ys, xs, mask.shape), return_inverse=True)
-    n, h, w = len(ids), *mask.shape
-    weight = np.bincount(inv, weights=mass[ys, xs], minlength=n)
-    top, left = np.full(n, h), np.full(n, w)
-    bottom, right = np.zeros(n, int), np.zeros(n, int)
-    np.minimum.at(top, inv, ys), np.minimum.at(left, inv, xs)
-    np.maximum.at(bottom, inv, ys + 1), np.maximum.at(right, inv, xs + 1)
-    ruling = (((left == 0) & (right == w) & (bottom - top <= max(1, 0.08 * h)))
-              | ((top == 0) & (bottom == h) & (right - left <= max(1, 0.08 * w))))
-    if n > 1:
-        weight = np.where(ruling, 0.0, weight)
-    main = int(np.argmax(weight))
-    if weight[main] <= 0:
-        return None
-    size = max(bottom[main] - top[main], right[main] - left[main])
-    gap = np.maximum(np.maximum(top[main] - bottom, top - bottom[main]),
-                     np.maximum(left[main] - right, left - right[main]))  # <= 0 when boxes overlap
-    keep = (((weight >= 0.2 * weight[main]) & (gap <= 0.6 * size))
-            | ((weight >= 0.02 * weight[main]) & (gap <= 0.2 * size + 1))) & (weight > 0)
-    out = np.zeros_like(mask)
-    out[ys[keep[inv]], xs[keep[inv]]] = True
-    return out
-
-
-def _stroke_width(v: np.ndarray) -> float:
-    """Mean width of the strokes in a soft ink image: 2 * area / length of the outline."""
-    gy, gx = np.gradient(v)
-    edge = float(np.hypot(gx, gy).sum())
-    return 2.0 * float(v.sum()) / edge if edge > 0 else 0.0
-
-
-def _change_width(v: np.ndarray, delta: float) -> np.ndarray:
-    """Thicken (delta > 0) or thin a soft ink image by about delta pixels of width.
-
-    Grey dilation/erosion with a 3x3 square alternated with a 3x3 cross: an octagon, close
-    enough to a round pen.
-    """
-    sign = 1.0 if delta > 0 else -1.0  # erosion is dilation of the negative
-    out = sign * v
-    for i in range(int(round(abs(delta) / 2))):  # each step adds a pixel on both sides
-        out = _max_filter(out, 1, cross=bool(i % 2))
-    return sign * out
-
-
-def _bbox(v: np.ndarray, level: float = 0.02) -> tuple[int, int, int, int] | None:
-    """(top, bottom, left, right) of the pixels above level, or None."""
-    rows, cols = np.nonzero((v > level).any(1))[0], np.nonzero((v > level).any(0))[0]
-    if len(rows) == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def _fit(v: np.ndarray, box: int) -> np.ndarray:
-    """A cropped (h, w) ink image -> long side `box`, aspect ratio kept, anti-aliased."""
-    h, w = v.shape
-    scale = box / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.clip(_resize(v, size), 0.0, 1.0)
-
-
-def _normalise_strokes(crop: np.ndarray, box: int) -> tuple[np.ndarray, float, float]:
-    """Bring the stroke width into MNIST's range: -> (crop, width before, change), 20-box px.
-
-    Works at 4x the final size (long side 4*box, padded so a thicker stroke is not cut),
-    where one step of dilation changes the final width by half a pixel.
-    """
-    width = _stroke_width(crop) * box / max(crop.shape)
-    if WIDTH_LO <= width <= WIDTH_HI or width == 0:
-        return crop, width, 0.0
-    target = WIDTH_THIN_TO if width < WIDTH_LO else WIDTH_THICK_TO
-    big = np.pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
-    big = _change_width(big, (target - width) * 4)
-    found = _bbox(big)
-    if found is None:
-        return crop, width, 0.0
-    top, bottom, left, right = found
-    return big[top:bottom, left:right], width, target - width
-
-
-def _place(digit: np.ndarray, center_by_mass: bool) -> np.ndarray:
-    """Paste an (h, w) image (h, w <= OUT) into (OUT, OUT): by centre of mass, else by box."""
-    h, w = digit.shape
-    if center_by_mass and digit.sum() > 0:
-        ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
-        total = float(digit.sum())
-        cy, cx = float(digit.sum(1) @ ys) / total, float(digit.sum(0) @ xs) / total
-        top, left = round(CENTRE - cy), round(CENTRE - cx)
-    else:
-        top, left = (OUT - h) // 2, (OUT - w) // 2
-    top, left = min(max(top, 0), OUT - h), min(max(left, 0), OUT - w)  # whole digit stays inside
-    out = np.zeros((OUT, OUT), dtype=np.float32)
-    out[top:top + h, left:left + w] = digit
-    return out
-
-
-def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance."""
-    hist, edges = np.histogram(values, bins=64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    n0 = np.cumsum(hist)[:-1]  # pixels at or below each cut
-    n1 = hist.sum() - n0
-    s0 = np.cumsum(hist * centres)[:-1]
-    mean0, mean1 = s0 / np.maximum(n0, 1), (float(hist @ centres) - s0) / np.maximum(n1, 1)
-    return float(edges[1 + int(np.argmax(n0 * n1 * (mean0 - mean1) ** 2))])
-
-
-def _remove_rulings(ink: np.ndarray) -> np.ndarray:
-    """Subtract what runs across the whole image: a notebook's ruled lines, grid paper.
-
-    A row's ink level is its 10th percentile: high only where ink covers 90% of the row.
-    """
-    if min(ink.shape) < 48:
-        return ink
-    rows, cols = ink[:, ::3], ink[::3, :]  # every third column / row is enough
-    row_level = np.partition(rows, rows.shape[1] // 10, axis=1)[:, rows.shape[1] // 10]  # (H,)
-    col_level = np.partition(cols, cols.shape[0] // 10, axis=0)[cols.shape[0] // 10]  # (W,)
-    return np.maximum(ink - row_level[:, None] - col_level[None, :], 0.0)
-
-
-def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float, float]:
-    """(H, W) grey -> (ink, smoothed ink, ink is dark, paper noise, noise of smoothed ink).
-
-    Ink is how far a pixel is from the paper towards the ink's side, in grey levels.
-    The smoothed copy (3x3 mean; not for small clean images such as MNIST itself, where
-    every pixel counts) decides what is ink: it has a third of the noise.
-    """
-    paper, dark = background(gray)
-    resid = gray - paper
-    noise = max(_mad_sigma(resid[::2, ::2] if gray.size > 4096 else resid), 0.5)
-    ink = _remove_rulings(np.maximum(-resid if dark else resid, 0.0))  # (H, W) >= 0
-    if min(gray.shape) < 48 and noise < 3.0:
-        return ink, ink, dark, noise, noise
-    return ink, _box3(ink), dark, noise, max(noise / 2.0, 0.5)  # /2, not /3: JPEG noise is correlated
-
-
-def _components(mask: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """The digit's parts of a (H, W) ink mask -> (coarse keep mask, cell size), or None.
-
-    Found on a coarse grid (cells of `cell` px, a few thousand cells at most): a cell holds
-    ink if any of its pixels does, and touching cells are one component, so strokes a few
-    pixels apart join.
-    """
-    h, w = mask.shape
-    cell = -(-max(h, w) // SMALL_SIDE)
-    ph, pw = -(-h // cell) * cell, -(-w // cell) * cell
-    coarse = np.zeros((ph, pw), dtype=np.float32)
-    coarse[:h, :w] = np.where(mask, mass, 0.0)
-    coarse = coarse.reshape(ph // cell, cell, pw // cell, cell).sum((1, 3))  # (H/cell, W/cell) ink mass
-    keep = _keep_components(coarse > 0, coarse)
-    return None if keep is None else (keep, cell)
-
-
-def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = True) -> Preprocessed:
-    """A PIL image of a digit (any size, mode, polarity) -> Preprocessed (1, 28, 28) or None.
-
-    digits=True follows MNIST: strokes saturated to white, width normalised, 20x20 box.
-    digits=False follows Fashion-MNIST: grey levels kept, no stroke change, the object's
-    long side fills all 28 pixels; pass center_by_mass=False with it (Fashion-MNIST centres
-    the box, not the mass).
-    """
-    gray = to_gray(img)  # (H, W), long side <= WORK_SIDE
-    scale = max(img.size) / max(gray.shape)  # input pixels per working pixel
-    ink, smooth, dark, noise, noise_s = _ink(gray)
-
-    def nothing(why: str, contrast: float = 0.0) -> Preprocessed:
-        return Preprocessed(None, f"{NO_DIGIT}: {why}", dark, contrast=contrast, noise=noise)
-
-    # Contrast: the strong class (Otsu) of what stands out of the noise. Without it, a
-    # faint gradient left on a big sheet would outvote a small digit.
-    strong = smooth[smooth > max(4.0 * noise_s, 4.0)]
-    if strong.size < 3:
-        return nothing("no ink stands out from the paper")
-    contrast = _median(strong[strong >= _otsu(strong)])
-    if contrast < max(MIN_CONTRAST, 8.0 * noise_s):
-        return nothing("no ink stands out from the paper", contrast)
-    mask = smooth > max(4.0 * noise_s, 0.4 * contrast)  # (H, W) ink pixels
-    found = _components(mask, smooth)
-    if found is None:
-        return nothing("only ruling lines", contrast)
-
-    # From here on only the kept cells' box (+2 px) is looked at.
-    keep, cell = found
-    rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
-    y0, x0 = max(rows[0] * cell - 2, 0), max(cols[0] * cell - 2, 0)
-    y1, x1 = min((rows[-1] + 1) * cell + 2, mask.shape[0]), min((cols[-1] + 1) * cell + 2, mask.shape[1])
-    fine = np.repeat(np.repeat(keep, cell, 0), cell, 1)  # (>=H, >=W) cells back to pixels
-    pad = np.pad(fine, ((2, 2), (2, 2)))[y0 + 2:y1 + 2, x0 + 2:x1 + 2]  # the box, the 2 px margin padded
-    keep = pad & mask[y0:y1, x0:x1]
-    near = _max_filter(keep.astype(np.float32), 2) > 0  # 2 px around kept ink: its soft edges
-    ink = ink[y0:y1, x0:x1]
-
-    # Soft ink in [0, 1] near the kept strokes: paper noise off, and for digits the stroke
-    # cores saturated (MNIST's strokes are 255 with anti-aliased edges).
-    level = float(np.percentile(ink[keep], 75 if digits else 99))
-    floor = 2.5 * noise if digits else 0.0
-    soft = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0), 0.0).astype(np.float32)
-    box = _bbox(soft)
-    if box is None:
-        return nothing("the ink is too faint", contrast)
-    top, bottom, left, right = box
-    if max(bottom - top, right - left) < max(2, 0.02 * max(gray.shape)):
-        return nothing("only a speck", contrast)
-    crop = soft[top:bottom, left:right]
-    bbox = (int((x0 + left) * scale), int((y0 + top) * scale),
-            int(np.ceil((x0 + right) * scale)), int(np.ceil((y0 + bottom) * scale)))
-
-    width = change = 0.0
-    if digits:
-        crop, width, change = _normalise_strokes(crop, BOX)
-    out = _place(_fit(crop, BOX if digits else OUT), center_by_mass)  # (28, 28)
-    return Preprocessed(torch.from_numpy(out)[None], None, dark, bbox, contrast, noise, width, change)
-
-
-def to_png(image: torch.Tensor) -> bytes:
-    """A (1, 28, 28) or (28, 28) image in [0, 1] -> PNG bytes (8-bit grey, white on black)."""
-    arr = (image.detach().reshape(image.shape[-2], image.shape[-1]).clamp(0, 1) * 255).round()
-    buf = io.BytesIO()
-    Image.fromarray(arr.to(torch.uint8).numpy(), "L").save(buf, "PNG")
-    return buf.getvalue()

@@ -32,7 +32,7 @@ from lenet.augment import AugmentConfig, augment_batch
 from lenet.checkpoint import atomic_write, build_model, load_extra_state, save_checkpoint
 from lenet.config import TrainConfig, check, to_dict
 from lenet.data import Dataset, load_dataset, split_indices
-from lenet.errors import LenetError
+from lenet.errors import Interrupted, LenetError
 from lenet.models import ModelSpec, count_parameters, create_model, get_spec, prepare_input
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -290,7 +290,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None
                     f"train {row['train_accuracy']:.4f}  val {row['val_accuracy']:.4f}  "
                     f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s")
     except KeyboardInterrupt:
-        raise LenetError(f"interrupted after epoch {run.epoch}/{cfg.epochs}; continue with "
+        raise Interrupted(f"interrupted after epoch {run.epoch}/{cfg.epochs}; continue with "
                          f"`lenet train --resume {run.out / 'last.safetensors'}`") from None
     return finish(run, time.perf_counter() - total_start, n_params)
 

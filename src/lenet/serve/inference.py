@@ -1,9 +1,9 @@
 """The server's models: each Predictor loaded once, named, and run a batch at a time.
 
 `load_models([None, "fashion-mnist", "runs/x/model.safetensors"])` gives
-{"mnist": ..., "fashion-mnist": ..., "x": ...}. A request is `prepare`d (decoded and
-preprocessed, on one of a few threads: that is most of the work), then queued; the
-inference thread runs `run_batch` on whatever queued: one forward pass for all of them.
+{"mnist": ..., "fashion-mnist": ..., "x": ...}. `run_batch` is what a worker thread runs
+for a batch of queued requests: decode and preprocess each (most of the work), then one
+forward pass for all of them (`Predictor.answers`), and the 28x28 input as a PNG if asked.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from lenet.errors import LenetError
 from lenet.predict import Predictor
 from lenet.preprocess import Preprocessed, open_image, to_png
 
 
 @dataclass(frozen=True)
 class Job:
-    """One request, preprocessed, waiting for its forward pass."""
+    """One request's work: the uploaded bytes and what to send back."""
 
-    seen: Preprocessed
+    data: bytes
     top_k: int = 3
     include_input: bool = False
-    input_png: str | None = None  # the 28x28 input as a data URL, when asked and found
 
 
 def model_name(checkpoint: str | Path | None) -> str:
@@ -67,20 +67,24 @@ def input_png(seen: torch.Tensor | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(to_png(seen)).decode("ascii")
 
 
-def prepare(predictor: Predictor, data: bytes, top_k: int, include_input: bool, max_pixels: int) -> Job:
-    """Decode and preprocess one upload (on a preprocessing thread); LenetError if it is no image."""
-    seen = predictor.preprocess(open_image(data, "upload", max_pixels=max_pixels))
-    return Job(seen, top_k, include_input, input_png(seen.image) if include_input else None)
+def run_batch(predictor: Predictor, jobs: list[Job], max_pixels: int) -> list[dict | LenetError]:
+    """Decode and preprocess every job's image, then one forward pass for all that decoded.
 
-
-def run_batch(predictor: Predictor, jobs: list[Job]) -> list[dict]:
-    """One forward pass for a batch of prepared jobs (on the inference thread)."""
-    top_k = max(job.top_k for job in jobs)  # then each answer is cut to its own k
-    answers = predictor.answers([job.seen for job in jobs], top_k)
-    results = []
-    for job, answer in zip(jobs, answers, strict=True):
-        result = {"path": "upload", **answer, "top_k": answer["top_k"][:job.top_k]}
-        if job.include_input:
-            result["input_png"] = job.input_png
-        results.append(result)
+    Runs on a worker thread. A job whose bytes do not decode gets its LenetError back; the
+    others are unaffected.
+    """
+    results: list[dict | LenetError | None] = [None] * len(jobs)
+    ready: list[tuple[int, Preprocessed]] = []
+    for i, job in enumerate(jobs):
+        try:
+            ready.append((i, predictor.preprocess(open_image(job.data, "upload", max_pixels=max_pixels))))
+        except LenetError as exc:
+            results[i] = exc
+    if ready:
+        top_k = max(jobs[i].top_k for i, _ in ready)  # then each answer is cut to its own k
+        answers = predictor.answers([seen for _, seen in ready], top_k)
+        for (i, seen), answer in zip(ready, answers, strict=True):
+            results[i] = {"path": "upload", **answer, "top_k": answer["top_k"][:jobs[i].top_k]}
+            if jobs[i].include_input:
+                results[i]["input_png"] = input_png(seen.image)
     return results

@@ -1,0 +1,307 @@
+"""Predictor and `lenet predict`: the output contract, batching, folders, every bad input.
+
+Fast tests use an untrained checkpoint written here (the contract does not depend on the
+weights); the slow ones use the embedded default model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from lenet import predict as predict_module
+from lenet.checkpoint import save_checkpoint
+from lenet.errors import LenetError
+from lenet.models import create_model
+from lenet.predict import Predictor, predict_command
+from lenet.preprocess import NO_DIGIT, OUT
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def write_checkpoint(path: Path, dataset: str = "mnist", class_names: list[str] | None = None) -> Path:
+    torch.manual_seed(0)
+    model = create_model("lenet5-bn").eval()
+    names = class_names or [str(i) for i in range(10)]
+    save_checkpoint(path, model, {"model": "lenet5-bn", "model_args": {}, "dataset": dataset, "class_names": names})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "digits.safetensors")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor(checkpoint)
+
+
+def digit_image(text: str = "7", size: int = 120, dark_on_light: bool = True) -> Image.Image:
+    """A digit rendered in DejaVu Sans (shipped with matplotlib, so always there)."""
+    import matplotlib
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), int(size * 0.6))
+    ink, paper = (0, 255) if dark_on_light else (255, 0)
+    img = Image.new("L", (size, size), paper)
+    ImageDraw.Draw(img).text((size / 2, size / 2), text, font=font, fill=ink, anchor="mm")
+    return img
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height; the data is a few bytes of nothing."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def blank_image() -> Image.Image:
+    return Image.new("RGB", (100, 80), (250, 250, 245))
+
+
+def save(img: Image.Image, path: Path, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+    return path
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts forward passes and their batch sizes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.batches = model, []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        return self.model(x)
+
+
+def run(inputs, checkpoint, *, top_k=3, as_json=True, save_input=None) -> tuple[int, list, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = predict_command([str(i) for i in inputs], str(checkpoint), top_k, as_json,
+                           None if save_input is None else str(save_input), out=out, err=err)
+    lines = out.getvalue().splitlines()
+    return code, [json.loads(line) for line in lines] if as_json else lines, err.getvalue()
+
+
+# --- Predictor -------------------------------------------------------------------------------
+
+def test_predictor_attributes(predictor, checkpoint):
+    assert predictor.model_name == "lenet5-bn" and predictor.dataset == "mnist"
+    assert predictor.class_names == [str(i) for i in range(10)] and predictor.digits
+    assert predictor.meta["path"] == str(checkpoint)
+
+
+def test_predict_images_is_one_batched_forward_pass(predictor):
+    counter = CountingModel(predictor.model)
+    original, predictor.model = predictor.model, counter
+    try:
+        results = predictor.predict_images([digit_image(str(d)) for d in range(6)] + [blank_image()], top_k=3)
+    finally:
+        predictor.model = original
+    assert counter.batches == [6]  # the blank needs no forward pass
+    assert len(results) == 7
+
+
+def test_predict_object_contract(predictor):
+    found, blank = predictor.predict_images([digit_image("3"), blank_image()], top_k=3)
+    probs = found["probabilities"]
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-4)
+    assert found["prediction"] == int(np.argmax(probs)) and found["name"] == str(found["prediction"])
+    assert found["confidence"] == pytest.approx(max(probs))
+    assert [t["index"] for t in found["top_k"]] == list(np.argsort(probs)[::-1][:3])
+    assert all(set(t) == {"index", "name", "probability"} for t in found["top_k"])
+    assert blank["prediction"] is None and blank["name"] == NO_DIGIT
+    assert blank["confidence"] is None and blank["probabilities"] is None and blank["top_k"] == []
+    assert blank["reason"].startswith(NO_DIGIT)
+    json.dumps(found), json.dumps(blank)  # plain JSON types only
+
+
+def test_top_k_is_clamped_to_the_classes(predictor):
+    (result,) = predictor.predict_images([digit_image()], top_k=50)
+    assert len(result["top_k"]) == 10
+    (result,) = predictor.predict_images([digit_image()], top_k=1)
+    assert len(result["top_k"]) == 1
+
+
+def test_normalisation_comes_from_the_model_spec(predictor, monkeypatch):
+    seen = []
+    monkeypatch.setattr(predict_module, "prepare_input",
+                        lambda images, spec: seen.append(spec.name) or torch.zeros(len(images), 1, 32, 32))
+    predictor.predict_images([digit_image()])
+    assert seen == ["lenet5-bn"]
+
+
+def test_predict_bytes_with_the_input_picture(predictor):
+    buf = io.BytesIO()
+    digit_image("5").save(buf, "PNG")
+    result = predictor.predict_bytes(buf.getvalue(), top_k=2, include_input=True)
+    assert len(result["top_k"]) == 2
+    assert result["input_png"].startswith("data:image/png;base64,")
+    import base64
+    png = Image.open(io.BytesIO(base64.b64decode(result["input_png"].split(",", 1)[1])))
+    assert png.size == (OUT, OUT)
+    with pytest.raises(LenetError, match="photo.jpg: not an image"):
+        predictor.predict_bytes(b"hello", name="photo.jpg")
+    blank = io.BytesIO()
+    blank_image().save(blank, "PNG")
+    assert predictor.predict_bytes(blank.getvalue(), include_input=True)["input_png"] is None
+
+
+def test_fashion_checkpoint_uses_its_class_names_and_object_preprocessing(tmp_path):
+    fashion = Predictor(write_checkpoint(tmp_path / "f.safetensors", "fashion-mnist", FASHION))
+    assert not fashion.digits and fashion.class_names == FASHION
+    bag = Image.new("L", (100, 120), 255)
+    ImageDraw.Draw(bag).rectangle((10, 30, 89, 109), fill=60)
+    (result,) = fashion.predict_images([bag])
+    assert result["name"] in FASHION and result["name"] == FASHION[result["prediction"]]
+    seen = fashion.preprocess(bag).image[0].numpy()
+    cols = np.nonzero(seen.any(0))[0]
+    assert cols[-1] - cols[0] + 1 == OUT  # the object fills 28 wide, not MNIST's 20
+    (blank,) = fashion.predict_images([blank_image()])
+    assert blank["prediction"] is None and blank["name"] == "nothing found"
+
+
+# --- lenet predict: output --------------------------------------------------------------------
+
+def test_json_lines_for_files_and_folders_recursive_and_sorted(checkpoint, tmp_path):
+    folder = tmp_path / "digits"
+    save(digit_image("2"), folder / "b.png")
+    save(digit_image("1"), folder / "a.png")
+    save(digit_image("3").convert("RGB"), folder / "sub" / "c.jpg")
+    save(blank_image(), folder / "sub" / "blank.bmp")
+    (folder / "notes.txt").write_text("not an image")  # not an image suffix: skipped
+    save(digit_image("4"), folder / ".hidden.png")  # hidden: skipped
+    single = save(digit_image("9", dark_on_light=False), tmp_path / "nine.webp")
+    code, rows, err = run([single, folder], checkpoint)
+    assert code == 0 and err == ""
+    assert [r["path"] for r in rows] == [str(single), str(folder / "a.png"), str(folder / "b.png"),
+                                         str(folder / "sub" / "blank.bmp"), str(folder / "sub" / "c.jpg")]
+    for row in rows:
+        assert {"path", "prediction", "name", "confidence", "probabilities"} <= set(row)
+    blank = rows[3]
+    assert blank["prediction"] is None and blank["name"] == NO_DIGIT and blank["confidence"] is None
+    assert all(len(r["probabilities"]) == 10 for r in rows if r["prediction"] is not None)
+
+
+def test_readable_table(checkpoint, tmp_path):
+    a = save(digit_image("1"), tmp_path / "one.png")
+    b = save(blank_image(), tmp_path / "blank.png")
+    code, lines, _ = run([a, b], checkpoint, as_json=False, top_k=2)
+    assert code == 0
+    assert lines[0].split()[:3] == ["path", "prediction", "conf"] and "top 2" in lines[0]
+    assert lines[1].startswith(str(a)) and "%" in lines[1]
+    assert lines[2].startswith(str(b)) and lines[2].endswith(NO_DIGIT)
+
+
+def test_many_files_go_through_in_batches(checkpoint, tmp_path, monkeypatch):
+    for i in range(7):
+        save(digit_image(str(i)), tmp_path / "many" / f"{i}.png")
+    monkeypatch.setattr(predict_module, "BATCH", 3)
+    batches = []
+    original = Predictor.probabilities
+
+    def counting(self, images):
+        batches.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(Predictor, "probabilities", counting)
+    code, rows, _ = run([tmp_path / "many"], checkpoint)
+    assert code == 0 and len(rows) == 7 and batches == [3, 3, 1]
+
+
+def test_save_input_writes_the_copy_and_what_the_model_saw(checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    save(digit_image("4"), folder / "x" / "four.png")
+    save(blank_image(), folder / "blank.png")
+    other = save(digit_image("6"), tmp_path / "elsewhere" / "four.png")  # same name, other folder
+    out = tmp_path / "seen"
+    code, rows, _ = run([folder, other], checkpoint, save_input=out)
+    assert code == 0
+    assert (out / "x" / "four.png").read_bytes() == (folder / "x" / "four.png").read_bytes()
+    assert Image.open(out / "x" / "four.input.png").size == (OUT, OUT)
+    assert (out / "blank.png").exists() and not (out / "blank.input.png").exists()  # nothing seen
+    assert (out / "four.png").read_bytes() == other.read_bytes()  # mirrored names do not collide
+    assert [r["saved_input"] for r in rows] == [str(out / "blank.png"), str(out / "x" / "four.png"),
+                                                str(out / "four.png")]
+
+
+def test_save_input_inside_the_input_folder_is_not_read_back(checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    save(digit_image("2"), folder / "two.png")
+    code, rows, _ = run([folder], checkpoint, save_input=folder / "seen")
+    assert code == 0 and [r["path"] for r in rows] == [str(folder / "two.png")]
+    code, rows, _ = run([folder], checkpoint, save_input=folder / "seen")  # again, now that it exists
+    assert [r["path"] for r in rows] == [str(folder / "two.png")]
+
+
+# --- lenet predict: bad input ----------------------------------------------------------------
+
+def test_every_bad_input_gets_one_line_and_the_good_ones_are_still_predicted(checkpoint, tmp_path):
+    good = save(digit_image("8"), tmp_path / "good.png")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    (empty_dir / "readme.md").write_text("no pictures here")
+    text = tmp_path / "text.jpg"
+    text.write_text("hello")
+    truncated = tmp_path / "cut.png"
+    buf = io.BytesIO()
+    digit_image("1").save(buf, "PNG")
+    truncated.write_bytes(buf.getvalue()[:200])
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(9000, 9000))
+    code, rows, err = run([tmp_path / "missing.png", empty_dir, text, truncated, bomb, good], checkpoint)
+    assert code == 1
+    assert [r["path"] for r in rows] == [str(good)]
+    lines = err.splitlines()
+    assert len(lines) == 5
+    assert f"{tmp_path / 'missing.png'}: no such file or directory" in lines[0]
+    assert f"{empty_dir}: no images in this folder" in lines[1]
+    assert f"{text}: not an image" in lines[2]
+    assert f"{truncated}: truncated or corrupt image" in lines[3]
+    assert f"{bomb}: image too large" in lines[4]
+    assert all(line.startswith("lenet: error: ") and "Traceback" not in line for line in lines)
+
+
+def test_exit_2_when_nothing_could_be_read(checkpoint, tmp_path):
+    code, rows, err = run([tmp_path / "nope.png", tmp_path / "nope2.jpg"], checkpoint)
+    assert code == 2 and rows == [] and len(err.splitlines()) == 2
+
+
+def test_bad_arguments_raise_lenet_error(checkpoint, tmp_path):
+    good = save(digit_image(), tmp_path / "d.png")
+    with pytest.raises(LenetError, match="--top-k"):
+        run([good], checkpoint, top_k=0)
+    with pytest.raises(LenetError, match="at least one"):
+        run([], checkpoint)
+    with pytest.raises(LenetError, match="--save-input needs a folder"):
+        run([good], checkpoint, save_input=good)
+    with pytest.raises(LenetError, match="no such checkpoint"):
+        run([good], tmp_path / "none.safetensors")
+
+
+# --- the embedded default (slow: needs the shipped weights) ----------------------------------
+
+@pytest.mark.slow
+def test_embedded_default_loads_without_network_and_reads_rendered_digits(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    predictor = Predictor()  # the embedded MNIST model
+    assert predictor.dataset == "mnist"
+    images = [digit_image(str(d), size=160, dark_on_light=d % 2 == 0) for d in range(10)]
+    results = predictor.predict_images(images, top_k=1)
+    assert [r["prediction"] for r in results] == list(range(10))
