@@ -33,7 +33,7 @@ def canvas_png(side: int = 280) -> bytes:
 
     img = Image.new("RGB", (side, side), "white")
     points = [(0.25 * side, 0.22 * side), (0.75 * side, 0.22 * side), (0.45 * side, 0.85 * side)]
-    ImageDraw.Draw(img).line(points, fill="black", width=round(0.085 * side), joint="curve")
+    ImageDraw.Draw(img).line(points, fill="black", width=round(0.09 * side), joint="curve")
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()

@@ -382,7 +382,8 @@ def test_event_loop_answers_while_a_prediction_runs(checkpoints):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             start = time.perf_counter()
-            predict = asyncio.create_task(c.post("/api/predict", content=data, headers={"content-type": "image/png"}))
+            headers = {"content-type": "image/png"}
+            predict = asyncio.create_task(c.post("/api/predict", content=data, headers=headers))
             await asyncio.sleep(0.05)
             health = await c.get("/healthz")
             health_seconds = time.perf_counter() - start
