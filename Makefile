@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/lenet data fetch
 	$(VENV)/bin/lenet data show --index 0
-	$(VENV)/bin/lenet train --preset quick --out runs/demo
+	$(VENV)/bin/lenet train --preset quick --out runs/demo --overwrite
 	$(VENV)/bin/lenet eval --checkpoint runs/demo/model.safetensors --out runs/demo
 	@echo "demo outputs: runs/demo/curves.png runs/demo/confusion.png runs/demo/mistakes.png runs/demo/predictions.png"
 

@@ -16,7 +16,11 @@ Four categories, each balanced over the ten digits, deterministic for a seed:
 
 Prints, per category, the accuracy of our preprocessing and of the tutorials' bare
 "resize to 28x28 and invert" with the same model, and how many were "no digit found".
-With fewer fonts installed it says so and uses what it finds (matplotlib's DejaVu at least).
+With fewer fonts installed it says so and uses what it finds (matplotlib's DejaVu at least):
+
+    apt-get install fonts-bwht fonts-comic-neue fonts-dancingscript fonts-kaushanscript \
+        fonts-breip fonts-dkg-handwriting fonts-humor-sans fonts-klee fonts-kristi \
+        fonts-leckerli-one fonts-rufscript fonts-sjfonts fonts-tomsontalks fonts-yusei-magic
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@
         --sequential 500 --image digit.png --json
 
 The body is a canvas-sized PNG (280x280, a black "7" on white, as the page sends) unless
---image is given. The client is a few lines of asyncio over keep-alive connections, not a
-full HTTP library, so that on a small machine it leaves the cores to the server.
+--image is given. The client is a few lines of asyncio over keep-alive connections, not
+a full HTTP library, so that on a small machine it leaves the cores to the server.
+
+Keep --concurrency at 64 or less: beyond its in-flight cap (MAX_WAITING in
+lenet/serve/app.py) the server answers 503 at once, and those count as errors here.
 """
 
 from __future__ import annotations

@@ -71,6 +71,28 @@ def test_wrong_shapes_are_explained(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("meta", ['[1]', '{"format": 1, "model": ["x"]}', '{"format": 1, "model": "lenet5", "model_args": [1]}',
+                                  '{"format": 1, "model": "lenet5", "model_args": {"foo": 1}}'])
+def test_hostile_metadata_is_one_clear_error(tmp_path, meta):
+    path = tmp_path / "m.safetensors"
+    save_file({"model.w": torch.zeros(1)}, str(path), metadata={"lenet": meta})
+    with pytest.raises(LenetError, match="m.safetensors: "):
+        load_checkpoint(path)
+
+
+def test_embedded_default_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    _, meta = load_checkpoint("mnist")
+    assert meta["path"].endswith("mnist-lenet5.safetensors")
+
+
+def test_written_files_have_normal_permissions(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, create_model("lenet5"), META)
+    assert path.stat().st_mode & 0o644 == 0o644
+
+
 def test_unknown_model_name(tmp_path):
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, create_model("lenet5"), {**META, "model": "lenet5"})
@@ -89,7 +111,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("lenet.checkpoint.save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(LenetError, match="m.safetensors: cannot write \\(disk full\\)"):
         save_checkpoint(path, create_model("lenet5"), META)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import os
 import re
 import socket
 import threading
@@ -29,9 +31,10 @@ from lenet.checkpoint import save_checkpoint
 from lenet.errors import LenetError
 from lenet.models import create_model
 from lenet.serve import create_app, serve_command
+from lenet.serve.app import MAX_WAITING, MAX_WORKERS, worker_count
 from lenet.serve.batcher import Batcher
 from lenet.serve.inference import load_models, model_name
-from lenet.serve.server import bind_socket, make_server, url_of
+from lenet.serve.server import LIMIT_CONCURRENCY, bind_socket, make_server, url_of
 
 with warnings.catch_warnings():  # Starlette 1.x: its test client will move to `httpx2`
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
@@ -272,6 +275,14 @@ def test_declared_length_over_the_limit_is_refused_unread(small_client):
     assert body.sent == 0
 
 
+def predict_scope(content_type: bytes = b"image/png") -> dict:
+    """The ASGI scope of a POST /api/predict, for driving the app without a client."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"",
+            "root_path": "", "headers": [(b"content-type", content_type)],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+
+
 def test_chunked_body_is_abandoned_at_the_limit(small_app):
     # Straight through ASGI: the test client would buffer the whole body before the app
     # sees any. This body never ends, so an app that reads it all never answers.
@@ -285,11 +296,7 @@ def test_chunked_body_is_abandoned_at_the_limit(small_app):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"",
-             "root_path": "", "headers": [(b"content-type", b"image/png")],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
-    asyncio.run(asyncio.wait_for(small_app(scope, receive, send), timeout=10))
+    asyncio.run(asyncio.wait_for(small_app(predict_scope(), receive, send), timeout=10))
     assert sent[0]["status"] == 413 and b"over the limit" in sent[1]["body"]
     assert pulled == 11  # 11,000 bytes: one chunk past the 10,000-byte limit, then no more
 
@@ -364,6 +371,84 @@ def test_too_many_waiting_is_a_503_not_a_queue(client):
     finally:
         app.state.max_waiting = saved
     assert post_image(client, encode(drawing())).status_code == 200
+
+
+def test_a_slow_upload_counts_as_waiting_while_its_body_arrives(checkpoints):
+    # Counted from before the body is read: otherwise any number of slow uploads could
+    # each buffer up to the body limit, the cap notwithstanding.
+    app = create_app(checkpoints[:1])
+    app.state.max_waiting = 1
+    data = encode(drawing())
+
+    async def request(receive, content_type=b"image/png") -> tuple[int, dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await app(predict_scope(content_type), receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def whole_body():
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    async def main():
+        arrived = asyncio.Event()
+
+        async def slow_body():  # the body arrives only when the test says so
+            await arrived.wait()
+            return await whole_body()
+
+        async with app.router.lifespan_context(app):
+            slow = asyncio.create_task(request(slow_body))
+            await asyncio.sleep(0.05)  # the slow one is reading its body
+            waiting_during_upload = app.state.waiting
+            busy = await request(whole_body)
+            arrived.set()
+            done = await slow
+            refused = await request(whole_body, b"text/plain")  # an error still uncounts it
+            return waiting_during_upload, busy, done, refused, app.state.waiting
+
+    during, busy, done, refused, after = asyncio.run(asyncio.wait_for(main(), timeout=20))
+    assert during == 1
+    assert busy[0] == 503 and "server busy" in busy[1]["error"]
+    assert done[0] == 200 and done[1]["prediction"] is not None
+    assert refused[0] == 415 and after == 0
+
+
+def test_in_flight_and_connection_caps_bound_buffered_bodies(app, checkpoints):
+    assert app.state.max_waiting == MAX_WAITING <= 64  # x 5 MB bodies: at most 320 MB buffered
+    assert MAX_WAITING < LIMIT_CONCURRENCY <= 2 * MAX_WAITING  # uvicorn: connections bounded too
+    assert make_server(app).config.limit_concurrency == LIMIT_CONCURRENCY
+    assert make_server(app, limit_concurrency=5).config.limit_concurrency == 5
+
+
+def test_worker_count_is_the_usable_cores_capped(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert worker_count() == MAX_WORKERS == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert worker_count() == 1  # pinned to one core on a big machine: one thread, not 32
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert worker_count() == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert worker_count() == 2
+
+
+def test_stopping_the_app_ends_its_worker_threads(checkpoints):
+    before = set(threading.enumerate())
+    data = encode(drawing())
+    for _ in range(2):  # two apps: neither may leave threads behind
+        app = create_app(checkpoints[:1])
+        for _ in range(2):  # and one app started again after a stop still answers
+            with TestClient(app) as c:
+                responses = [post_image(c, data) for _ in range(3)]
+                assert [r.status_code for r in responses] == [200] * 3
+                assert any(t.name.startswith("lenet-worker") for t in set(threading.enumerate()) - before)
+    deadline = time.time() + 5
+    while set(threading.enumerate()) - before and time.time() < deadline:
+        time.sleep(0.02)
+    assert not {t.name for t in set(threading.enumerate()) - before if t.is_alive()}
 
 
 def test_event_loop_answers_while_a_prediction_runs(checkpoints):

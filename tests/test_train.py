@@ -108,6 +108,30 @@ def test_resume_refuses_missing_and_foreign_checkpoints(tmp_path):
         fit(config(tmp_path), resume=tmp_path / "run/last.safetensors", **quiet())
 
 
+def test_resume_must_keep_what_shapes_the_result(tmp_path):
+    fit(config(tmp_path, epochs=1), **quiet())
+    last = tmp_path / "run/last.safetensors"
+    with pytest.raises(LenetError, match="used --seed 0, not 5"):
+        fit(config(tmp_path, epochs=1, seed=5), resume=last, **quiet())
+    with pytest.raises(LenetError, match="used --epochs 1, not 4"):
+        fit(config(tmp_path, epochs=4), resume=last, **quiet())
+
+
+def test_a_second_run_does_not_replace_the_first(tmp_path):
+    fit(config(tmp_path, epochs=1), **quiet())
+    before = (tmp_path / "run/model.safetensors").read_bytes()
+    with pytest.raises(LenetError, match="already holds a run.*--overwrite"):
+        fit(config(tmp_path, epochs=1, seed=3), **quiet())
+    assert (tmp_path / "run/model.safetensors").read_bytes() == before
+    fit(config(tmp_path, epochs=1, seed=3), overwrite=True, **quiet())
+    assert (tmp_path / "run/model.safetensors").read_bytes() != before
+
+
+def test_no_validation_split_reports_no_validation_figure(tmp_path):
+    metrics = fit(config(tmp_path, epochs=1, val_size=0), **quiet())
+    assert metrics["best_val_accuracy"] is None and metrics["selected_on"].startswith("last epoch")
+
+
 def test_validation_split_never_overlaps_training(tmp_path):
     run = Run(config(tmp_path, val_size=150), synthetic_dataset(), torch.device("cpu"))
     train, val = set(run.train_idx.tolist()), set(run.val_idx.tolist())
@@ -122,17 +146,42 @@ def test_select_on_test_is_recorded(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "-1"], "--epochs must be at least 1"),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be in (0, 10]"),
     (["--model", "lenet6"], "unknown model 'lenet6'"),
     (["--model-args", "[1]"], "must be a JSON object"),
     (["--resume", "nope.safetensors"], "no such checkpoint"),
     (["--val-size", "60000"], "leaves no training images"),
+    (["--elastic-sigma", "0"], "--elastic-sigma must be in (0, 9]"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--config", "/"], "cannot read"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, mnist_root, argv, message):
     code = main(["train", "--data-root", str(mnist_root), "--out", str(tmp_path / "r"), "--no-progress", *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": "x"}, "epochs: expected int"), ({"augment": "false"}, "augment: expected bool"),
+    ({"batch_size": 1.5}, "batch_size: expected int"), ({"optimiser": "sgd"}, "unknown config fields optimiser"),
+])
+def test_config_file_values_are_type_checked(tmp_path, values, message):
+    from lenet.config import resolve
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(LenetError, match=message):
+        resolve(config_file=str(path))
+
+
+def test_precedence_defaults_preset_file_flags(tmp_path):
+    from lenet.config import resolve
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochs": 7, "lr": 0.02}))
+    cfg = resolve("quick", str(path), lr=0.05)
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.batch_size) == ("lenet5-bn", 7, 0.05, 128)
 
 
 @pytest.mark.slow

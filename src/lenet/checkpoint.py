@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,20 +34,26 @@ EMBEDDED = {"mnist": "mnist-lenet5.safetensors", "fashion-mnist": "fashion-mnist
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`: readers never see a half file."""
+    """Call write(tmp_path), flush it to disk, then rename over `path`: readers (and a crash)
+    never see a half-written file. An OS error becomes one LenetError line naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a normal file is what the user expects
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode 0666 minus umask
+        mode = tmp.stat().st_mode
+        write(str(tmp))
+        os.chmod(tmp, mode)  # some writers (safetensors) recreate the file as 0600
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise LenetError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def flatten_state(state: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -111,8 +117,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         meta = json.loads(raw)
     except json.JSONDecodeError:
         raise LenetError(f"{path}: its lenet metadata is not valid JSON") from None
-    if meta.get("format") != FORMAT_VERSION or "model" not in meta:
-        raise LenetError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise LenetError(f"{path}: unsupported checkpoint format")
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("model_args", {}), dict):
+        raise LenetError(f"{path}: its metadata does not name a model and its arguments")
     return tensors, meta
 
 
@@ -122,7 +130,10 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Pa
         get_spec(meta["model"])
     except KeyError as exc:
         raise LenetError(f"{path}: {exc.args[0]}") from None
-    model = create_model(meta["model"], **meta.get("model_args", {}))
+    try:
+        model = create_model(meta["model"], **meta.get("model_args", {}))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LenetError(f"{path}: model arguments do not fit {meta['model']!r} ({exc})") from None
     state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -143,7 +154,7 @@ def resolve_checkpoint(name_or_path: str | Path | None) -> Path:
     if name_or_path is None:
         name_or_path = "mnist"
     path = Path(name_or_path)
-    if path.exists() or str(name_or_path) not in EMBEDDED:
+    if path.is_file() or str(name_or_path) not in EMBEDDED:  # a folder named mnist/ is not a checkpoint
         return path
     ref = resources.files("lenet") / "weights" / EMBEDDED[str(name_or_path)]
     if not ref.is_file():

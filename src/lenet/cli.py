@@ -130,12 +130,13 @@ def cmd_train(args) -> int:
         _, meta, _ = load_extra_state(args.resume)
         base = {**meta.get("config", {}), "out": str(Path(args.resume).parent)}
     cfg = config.from_args(args, base)
-    metrics = fit(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    metrics = fit(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+                  overwrite=args.overwrite)
     if args.json:
         emit_json(metrics)
     else:
-        print(f"test accuracy {metrics['test_accuracy']:.4f} (best validation {metrics['best_val_accuracy']:.4f} "
-              f"at epoch {metrics['best_epoch']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
+        print(f"test accuracy {metrics['test_accuracy']:.4f} (model of epoch {metrics['best_epoch']}, selected on "
+              f"{metrics['selected_on']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
     return 0
 
 
@@ -179,6 +180,7 @@ def build_parser() -> Parser:
     def command(name: str, func: Callable, help: str, json_flag: bool = True) -> Parser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if json_flag:
             sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         return sp
@@ -193,6 +195,7 @@ def build_parser() -> Parser:
                              ("show", cmd_data_show, "show a sample in the terminal, or save a grid")):
         sp = data_sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         sp.add_argument("--dataset", choices=DATASET_CHOICES, default="mnist")
         sp.add_argument("--root", help="data folder (default: $LENET_DATA_ROOT or ~/.cache/lenet)")
         sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -209,6 +212,7 @@ def build_parser() -> Parser:
     sp = command("train", cmd_train, "train a model; writes DIR/model.safetensors, metrics.json, curves.png")
     add_arguments(sp)
     sp.add_argument("--resume", metavar="FILE", help="continue a run from its last.safetensors")
+    sp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sp = command("eval", cmd_eval, "accuracy, loss, per-class accuracy and confusion matrix on a test set")

@@ -87,18 +87,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+PYTHON_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
 def check(cfg: TrainConfig) -> TrainConfig:
     """Refuse values that make no sense, with the flag's name in the message."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if not isinstance(v, PYTHON_TYPES[f.type]) or (f.type in ("int", "float") and isinstance(v, bool)):
+            raise LenetError(f"{f.name}: expected {f.type}, got {v!r}")
     for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
         if getattr(cfg, name) < 1:
             raise LenetError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     for name in ("val_size", "threads"):
         if getattr(cfg, name) < 0:
             raise LenetError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise LenetError(f"--lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise LenetError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    ranges = {  # field: (low, high, low inclusive, high inclusive)
+        "lr": (0, 10, False, True), "label_smoothing": (0, 1, True, False), "momentum": (0, 1, True, False),
+        "weight_decay": (0, 1, True, True), "step_gamma": (0, 1, False, True), "rotate": (0, 180, True, True),
+        "scale": (0, 1, True, False), "shear": (0, 60, True, True), "shift": (0, 0.5, True, True),
+        "elastic_alpha": (0, 10, True, True), "elastic_sigma": (0, 9, False, True), "thickness": (0, 1, True, True),
+    }
+    for name, (low, high, low_in, high_in) in ranges.items():
+        v = getattr(cfg, name)
+        if not ((v >= low if low_in else v > low) and (v <= high if high_in else v < high)):
+            interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise LenetError(f"--{name.replace('_', '-')} must be in {interval}, got {v}")
     for f in fields(cfg):
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
@@ -144,6 +158,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise LenetError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise LenetError(f"{path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LenetError(f"{path}: not a JSON config file ({exc})") from None
     if not isinstance(values, dict):
@@ -176,3 +192,15 @@ def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> T
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# What may differ between a run and its resumption: where and how fast it runs, not what it learns.
+RESUME_MAY_CHANGE = {"out", "threads", "device", "compile", "eval_batch_size", "data_root"}
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: str | Path) -> None:
+    """A resumed run must keep every setting that shapes the result (split, schedule, RNG use)."""
+    for name, value in to_dict(cfg).items():
+        if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != value:
+            raise LenetError(f"{path}: the run used --{name.replace('_', '-')} {saved[name]!r}, not {value!r}; "
+                             "a resumed run must keep it (start a new run with another --out instead)")

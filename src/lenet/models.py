@@ -154,8 +154,9 @@ def lenet5(num_classes: int = 10) -> nn.Module:
     covers its whole 5x5 input), F6 84 units, activation 1.7159 tanh(2a/3) throughout.
     Departs from it: the output layer is a linear layer (84 -> 10 logits) trained with
     cross-entropy instead of the paper's 10 Euclidean RBF units with fixed 7x12 bitmap
-    prototypes and its MAP loss; and weights use PyTorch's default initialisation instead
-    of uniform +-2.4/F_in.
+    prototypes and its MAP loss; and weights use PyTorch's default initialisation (uniform
+    +-1/sqrt(fan_in); subsampling starts as an average, biases at zero) instead of the
+    paper's uniform +-2.4/F_in.
     """
     act = ScaledTanh
     return nn.Sequential(

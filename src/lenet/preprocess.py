@@ -253,8 +253,9 @@ def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     inliers = np.abs(values - _median(values)) <= max(2.5 * sigma, 2.0)
     for _ in range(4):
         previous = inliers
-        a = terms[inliers]  # normal equations: a 6x6 solve (lstsq's LAPACK call is 100x slower here)
-        coef = np.linalg.solve((a.T @ a).astype(np.float64) + 1e-6 * np.eye(6), (a.T @ values[inliers]).astype(np.float64))
+        a = terms[inliers]  # (n, 6); normal equations: a 6x6 solve, 100x faster than lstsq here
+        normal = (a.T @ a).astype(np.float64) + 1e-6 * np.eye(6)  # the ridge keeps 1-pixel images solvable
+        coef = np.linalg.solve(normal, (a.T @ values[inliers]).astype(np.float64))
         resid = values - terms @ coef.astype(np.float32)
         sigma = _mad_sigma(resid[inliers])
         inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
@@ -430,7 +431,7 @@ def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, n
     rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
     y0, x0 = max(rows[0] * cell - 2, 0), max(cols[0] * cell - 2, 0)
     y1, x1 = min((rows[-1] + 1) * cell + 2, mask.shape[0]), min((cols[-1] + 1) * cell + 2, mask.shape[1])
-    cells = np.pad(np.repeat(np.repeat(keep, cell, 0), cell, 1), 2)  # cells back to pixels, +2 px margin
+    cells = _pad(np.repeat(np.repeat(keep, cell, 0), cell, 1), 2)  # cells back to pixels, +2 px margin
     keep = cells[y0 + 2:y1 + 2, x0 + 2:x1 + 2] & mask[y0:y1, x0:x1]  # (h, w) the digit's ink pixels
     near = _max_filter(keep.astype(np.float32), 1) > 0
     ink = ink[y0:y1, x0:x1]
@@ -450,7 +451,7 @@ def _normalise_strokes(crop: np.ndarray, box: int) -> tuple[np.ndarray, float, f
     target = _target_width(width)
     if abs(target - width) < 0.25 or width == 0:  # less than half a dilation step: leave it
         return crop, width, 0.0
-    big = np.pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
+    big = _pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
     big = _change_width(big, (target - width) * 4)
     found = _bbox(big)
     if found is None:
@@ -475,7 +476,7 @@ def _stroke_width(v: np.ndarray) -> float:
     The outline's length is the total gradient magnitude (each crossing of a stroke edge
     adds 1, at any blur), measured with a 2 px black margin so edges on the crop count.
     """
-    gy, gx = np.gradient(np.pad(v, 2))  # central differences: nearly isotropic on a staircase
+    gy, gx = np.gradient(_pad(v, 2))  # central differences: nearly isotropic on a staircase
     edge = float(np.sqrt(gx * gx + gy * gy).sum())
     return 2.0 * float(v.sum()) / edge if edge > 0 else 0.0
 
@@ -554,9 +555,17 @@ def _mad_sigma(values: np.ndarray) -> float:
 
 def _box3(x: np.ndarray) -> np.ndarray:
     """3x3 mean, edges replicated: (H, W) -> (H, W)."""
-    p = np.pad(x, 1, mode="edge")
+    p = _pad(x, 1)
+    p[0], p[-1], p[:, 0], p[:, -1] = p[1], p[-2], p[:, 1], p[:, -2]  # replicate the edges
     rows = p[:-2] + p[1:-1] + p[2:]  # (H, W+2)
     return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1 / 9)
+
+
+def _pad(x: np.ndarray, r: int, value: float = 0) -> np.ndarray:
+    """x with an r-pixel frame of `value` (np.pad's work for the one case needed, 5x faster)."""
+    out = np.full((x.shape[0] + 2 * r, x.shape[1] + 2 * r), value, dtype=x.dtype)
+    out[r:r + x.shape[0], r:r + x.shape[1]] = x
+    return out
 
 
 def _max_filter(x: np.ndarray, radius: int, cross: bool = False) -> np.ndarray:
@@ -566,7 +575,7 @@ def _max_filter(x: np.ndarray, radius: int, cross: bool = False) -> np.ndarray:
     images, the more so on a busy machine.
     """
     h, w = x.shape
-    p = np.pad(x, radius, mode="constant", constant_values=x.min() if x.size else 0)
+    p = _pad(x, radius, float(x.min()) if x.size else 0.0)
     if cross:  # radius 1: centre, up, down, left, right
         out = np.maximum(p[:-2, 1:-1], p[2:, 1:-1])
         return np.maximum(np.maximum(out, p[1:-1, :-2]), np.maximum(p[1:-1, 2:], x))

@@ -1,7 +1,7 @@
 """Pictures of data and results, drawn on matplotlib's Agg canvas (no pyplot: no global state).
 
     lenet data show --grid N --out grid.png   # save_image_grid: the first N x N images, labelled
-    lenet eval --out DIR                      # save_image_grid: misclassified images, "true 7 / pred 1"
+    lenet eval --out DIR                      # save_image_grid: misclassified images, "7>1" (true>predicted)
 
 Every function builds its own Figure, writes it atomically (temp + rename) and returns the path;
 the picture format follows the file's suffix (.png by default).
@@ -39,7 +39,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 def save_image_grid(images: torch.Tensor, titles: list[str], path: Path, ncols: int = 8) -> Path:
     """(N, 28, 28) uint8 in [0, 255] or float in [0, 1] (or (N, 1, H, W)) -> a labelled grid picture.
 
-    `titles` has one string per image (e.g. "7", "true 7 / pred 1"), or is empty for none.
+    `titles` has one string per image (e.g. "7", "7>1" (true>predicted)), or is empty for none.
     """
     if images.dim() == 4 and images.shape[1] == 1:
         images = images[:, 0]  # (N, 1, H, W) -> (N, H, W)
@@ -79,7 +79,8 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
     for i, (key, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
         ax = fig.add_subplot(1, 2, i + 1)
         ax.plot(epochs, [h[f"train_{key}"] for h in history], marker="o", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], marker="o", label="validation")
+        if any(h[f"val_{key}"] is not None for h in history):  # --val-size 0: no validation curve
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], marker="o", label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

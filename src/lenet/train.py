@@ -30,7 +30,7 @@ from tqdm import tqdm
 from lenet import __version__
 from lenet.augment import AugmentConfig, augment_batch
 from lenet.checkpoint import atomic_write, build_model, load_extra_state, save_checkpoint
-from lenet.config import TrainConfig, check, to_dict
+from lenet.config import TrainConfig, check, check_resumable, to_dict
 from lenet.data import Dataset, load_dataset, split_indices
 from lenet.errors import Interrupted, LenetError
 from lenet.models import ModelSpec, count_parameters, create_model, get_spec, prepare_input
@@ -148,7 +148,7 @@ class Run:
         return {"model": self.cfg.model, "model_args": self.model_args, "dataset": self.data.name,
                 "class_names": list(self.data.class_names), "metrics": metrics or {},
                 "lenet_version": __version__, "config": to_dict(self.cfg),
-                "command": "lenet train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else ""}
+                "command": " ".join(["lenet", *sys.argv[sys.argv.index("train"):]]) if "train" in sys.argv else ""}
 
     def save_last(self) -> None:
         state = {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
@@ -162,6 +162,7 @@ class Run:
         if meta.get("model") != self.cfg.model or meta.get("dataset") != self.data.name:
             raise LenetError(f"{path}: was trained as {meta.get('model')} on {meta.get('dataset')}, "
                              f"not {self.cfg.model} on {self.data.name}")
+        check_resumable(meta.get("config", {}), self.cfg, path)
         self.model.load_state_dict(build_model(tensors, meta, path).state_dict())
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -242,8 +243,12 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None = None,
-        progress: bool = True, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
+        progress: bool = True, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+        overwrite: bool = False) -> dict[str, Any]:
     """Train as `cfg` says; write the run folder; return metrics.json's content.
+
+    A folder that already holds a run is refused unless `overwrite` (or `resume`): a second
+    `lenet train` must not silently replace the first one's model.
 
     On Ctrl-C or SIGTERM the last completed epoch is already in last.safetensors; a
     LenetError tells the user how to resume.
@@ -257,6 +262,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None
     if resume:
         run.restore(Path(resume))
         log(f"resuming {resume} after epoch {run.epoch}/{cfg.epochs}")
+    elif not overwrite and any((run.out / f).exists() for f in ("model.safetensors", "last.safetensors")):
+        raise LenetError(f"{run.out} already holds a run: --resume it, pick another --out, or pass --overwrite")
     run.out.mkdir(parents=True, exist_ok=True)
     write_json(run.out / "config.json", to_dict(cfg))
     n_params = count_parameters(run.model)
@@ -276,18 +283,19 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None
                 run.epoch += 1
                 val = evaluate(run.model, run.spec, select_images, select_labels, cfg.eval_batch_size,
                                len(data.class_names)) if len(select_labels) else None
-                row = {"epoch": run.epoch, **row, "val_loss": val["loss"] if val else float("nan"),
-                       "val_accuracy": val["accuracy"] if val else float("nan"),
+                row = {"epoch": run.epoch, **row, "val_loss": val["loss"] if val else None,
+                       "val_accuracy": val["accuracy"] if val else None,
                        "lr": run.opt.param_groups[0]["lr"]}
                 run.history.append(row)
-                if val is None or val["accuracy"] > run.best:
-                    run.best, run.best_epoch = (val["accuracy"] if val else row["train_accuracy"]), run.epoch
+                if val is None or val["accuracy"] > run.best:  # no validation: keep the last epoch
+                    run.best, run.best_epoch = (val["accuracy"] if val else None), run.epoch
                     save_checkpoint(run.out / "model.safetensors", run.model,
                                     run.meta({"best_val_accuracy": run.best, "epoch": run.epoch}))
                 run.save_last()
                 write_history(run.out / "history.csv", run.history)
+                val_text = f"{row['val_accuracy']:.4f}" if val else "-"
                 log(f"epoch {run.epoch:>3}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                    f"train {row['train_accuracy']:.4f}  val {row['val_accuracy']:.4f}  "
+                    f"train {row['train_accuracy']:.4f}  val {val_text}  "
                     f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s")
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after epoch {run.epoch}/{cfg.epochs}; continue with "
@@ -308,7 +316,8 @@ def finish(run: Run, seconds: float, n_params: int) -> dict[str, Any]:
     metrics = {"model": run.cfg.model, "dataset": run.data.name, "parameters": n_params,
                "test_accuracy": test["accuracy"], "test_loss": test["loss"],
                "best_val_accuracy": run.best, "best_epoch": run.best_epoch,
-               "selected_on": "test (leak, asked for)" if run.cfg.select_on_test else "validation",
+               "selected_on": ("test (leak, asked for)" if run.cfg.select_on_test else
+                               "validation" if len(run.val_idx) else "last epoch (no validation split)"),
                "epochs": run.epoch, "seconds": round(sum(h["seconds"] for h in run.history), 2),
                "wall_seconds_this_session": round(seconds, 2),
                "train_images_per_second": round(sorted(rates)[len(rates) // 2], 1) if rates else 0.0,

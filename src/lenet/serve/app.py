@@ -9,13 +9,15 @@
 
 Every client error is a 4xx with `{"error": "..."}`. Models are loaded once in
 `create_app`; decoding, preprocessing and the forward pass run on worker threads (one per
-core), batched under load (batcher.py), so the event loop only does HTTP.
+usable core, at most MAX_WORKERS), batched under load (batcher.py), so the event loop only
+does HTTP. The app's lifespan shuts the threads down when the server stops.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +35,12 @@ from lenet.serve.inference import Job, load_models, run_batch, warm_up
 from lenet.serve.upload import ApiError, read_image_bytes
 
 STATIC = Path(__file__).parent / "static"
-MAX_WAITING = 512  # requests in flight beyond this get a 503 at once instead of a long wait
+# Requests in flight (from the first byte of the body read to the answer) beyond this get a
+# 503 at once instead of a long wait. Each one may hold a whole body in memory, so this bounds
+# the memory uploads can take: 64 x the 5 MB default limit is 320 MB at worst. 64 is still
+# more than the workers can use: under load they take the whole queue as one batch.
+MAX_WAITING = 64
+MAX_WORKERS = 4  # worker threads; more only contend for the GIL (LeNet's ops are tiny)
 # The page loads nothing from elsewhere; the policy makes a stray CDN link fail loudly.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
@@ -131,15 +138,45 @@ async def predict(request: Request,
         raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(state.models)}")
     if state.waiting >= state.max_waiting:
         raise ApiError(503, f"server busy: {state.waiting} requests waiting; retry shortly")
-    data = await read_image_bytes(request, state.max_body_bytes)
-    state.waiting += 1
+    state.waiting += 1  # before the body is read: a slow upload holds its buffer, so it counts
     try:
+        data = await read_image_bytes(request, state.max_body_bytes)
         result = await state.batchers[name].submit(Job(data, top_k, include_input))
     except LenetError as exc:
         raise ApiError(400, str(exc)) from None
     finally:
         state.waiting -= 1
     return JSONResponse({**result, "model": name})
+
+
+def worker_count() -> int:
+    """The cores this process may run on (not all the machine's), at most MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # honours taskset / cgroup cpusets; Linux only
+    except AttributeError:
+        cores = os.cpu_count() or 2
+    return max(1, min(cores, MAX_WORKERS))
+
+
+def start_pool(app: FastAPI) -> None:
+    """A fresh worker pool for every model's batcher (threads start on first use)."""
+    pool = ThreadPoolExecutor(max_workers=app.state.workers, thread_name_prefix="lenet-worker")
+    app.state.pool = pool
+    for batcher in app.state.batchers.values():
+        batcher.executor = pool
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Server start and stop: the worker threads end with the server."""
+    if app.state.pool is None:  # stopped before and started again
+        start_pool(app)
+    try:
+        yield
+    finally:
+        pool, app.state.pool = app.state.pool, None
+        # Waits for batches already running (milliseconds); requests are done by now.
+        pool.shutdown(wait=True)
 
 
 def create_app(checkpoints: list[str | Path | None] | None = None, max_body_bytes: int = 5 * 2**20,
@@ -152,17 +189,18 @@ def create_app(checkpoints: list[str | Path | None] | None = None, max_body_byte
     models = load_models(list(checkpoints or [None]))
     for predictor in models.values():
         warm_up(predictor)
-    # A worker thread per core, shared by all models. Decoding and preprocessing are most
-    # of the work and mostly release the GIL, so two threads on two cores serve ~1.3x
+    # A worker thread per usable core, shared by all models. Decoding and preprocessing are
+    # most of the work and mostly release the GIL, so two threads on two cores serve ~1.3x
     # more than one (measured); batching makes the forward pass cheap under load.
-    workers = os.cpu_count() or 2
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lenet-worker")
+    workers = worker_count()
     app = FastAPI(title="lenet", summary="LeNet-5 digit recognition: draw, upload, predict",
-                  version="1")
+                  version="1", lifespan=lifespan)
     app.state.models = models
     app.state.max_body_bytes = max_body_bytes
-    app.state.batchers = {name: Batcher(partial(run_batch, p, max_pixels=max_pixels), pool, workers)
+    app.state.workers = workers
+    app.state.batchers = {name: Batcher(partial(run_batch, p, max_pixels=max_pixels), None, workers)
                           for name, p in models.items()}
+    start_pool(app)  # also here, so the app works under a server that skips the lifespan
     app.state.waiting, app.state.max_waiting = 0, MAX_WAITING
     add_error_handlers(app)
     app.add_api_route("/", page, include_in_schema=False)

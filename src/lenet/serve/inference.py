@@ -61,7 +61,11 @@ def warm_up(predictor: Predictor) -> None:
 
 
 def input_png(seen: torch.Tensor | None) -> str | None:
-    """The 28x28 image the model saw, as a PNG data URL; None when no digit was found."""
+    """The 28x28 image the model saw, as a PNG data URL; None when no digit was found.
+
+    The same line is in Predictor.predict_bytes (lenet/predict.py): once predict.py has it
+    as a function of its own, import that here instead.
+    """
     if seen is None:
         return None
     return "data:image/png;base64," + base64.b64encode(to_png(seen)).decode("ascii")

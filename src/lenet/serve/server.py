@@ -20,7 +20,13 @@ import torch
 import uvicorn
 
 from lenet.errors import LenetError
-from lenet.serve.app import create_app
+from lenet.serve.app import MAX_WAITING, create_app
+
+# Connections plus running requests uvicorn admits; past this it answers 503 (plain text,
+# before the app sees the request). A little above MAX_WAITING leaves room for /healthz,
+# the page and idle keep-alive connections while predictions are queued, and bounds the
+# connections a client can hold open (each with its buffers) however slowly it sends.
+LIMIT_CONCURRENCY = MAX_WAITING + 32
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -55,7 +61,9 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(app, **options) -> uvicorn.Server:
-    """uvicorn without access logs: they cost a tenth of the throughput and say little here."""
+    """uvicorn without access logs (they cost a tenth of the throughput and say little
+    here), with the connection count bounded by LIMIT_CONCURRENCY."""
+    options = {"limit_concurrency": LIMIT_CONCURRENCY, **options}
     config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
                             timeout_graceful_shutdown=3, **options)
     return uvicorn.Server(config)
