@@ -38,6 +38,13 @@ def is_digit_model(meta: dict) -> bool:
     return meta.get("dataset") == "mnist" or meta.get("class_names") == [str(i) for i in range(10)]
 
 
+def png_data_url(image: torch.Tensor | None) -> str | None:
+    """The (1, 28, 28) model input as a PNG data URL (what the web page shows), None if blank."""
+    if image is None:
+        return None
+    return "data:image/png;base64," + base64.b64encode(to_png(image)).decode("ascii")
+
+
 class Predictor:
     """A checkpoint loaded once; images in, predict objects (DESIGN.md) out."""
 
@@ -93,8 +100,7 @@ class Predictor:
         seen = self.preprocess(open_image(data, name))
         result = self.answers([seen], top_k)[0]
         if include_input:
-            result["input_png"] = (None if seen.image is None else
-                                   "data:image/png;base64," + base64.b64encode(to_png(seen.image)).decode("ascii"))
+            result["input_png"] = png_data_url(seen.image)
         return result
 
 

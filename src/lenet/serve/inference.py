@@ -8,7 +8,6 @@ forward pass for all of them (`Predictor.answers`), and the 28x28 input as a PNG
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from lenet.errors import LenetError
-from lenet.predict import Predictor
-from lenet.preprocess import Preprocessed, open_image, to_png
+from lenet.predict import Predictor, png_data_url
+from lenet.preprocess import Preprocessed, open_image
 
 
 @dataclass(frozen=True)
@@ -60,17 +59,6 @@ def warm_up(predictor: Predictor) -> None:
     predictor.predict_images([img], top_k=1)
 
 
-def input_png(seen: torch.Tensor | None) -> str | None:
-    """The 28x28 image the model saw, as a PNG data URL; None when no digit was found.
-
-    The same line is in Predictor.predict_bytes (lenet/predict.py): once predict.py has it
-    as a function of its own, import that here instead.
-    """
-    if seen is None:
-        return None
-    return "data:image/png;base64," + base64.b64encode(to_png(seen)).decode("ascii")
-
-
 def run_batch(predictor: Predictor, jobs: list[Job], max_pixels: int) -> list[dict | LenetError]:
     """Decode and preprocess every job's image, then one forward pass for all that decoded.
 
@@ -90,5 +78,5 @@ def run_batch(predictor: Predictor, jobs: list[Job], max_pixels: int) -> list[di
         for (i, seen), answer in zip(ready, answers, strict=True):
             results[i] = {"path": "upload", **answer, "top_k": answer["top_k"][:jobs[i].top_k]}
             if jobs[i].include_input:
-                results[i]["input_png"] = input_png(seen.image)
+                results[i]["input_png"] = png_data_url(seen.image)
     return results
