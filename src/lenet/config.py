@@ -64,13 +64,13 @@ class TrainConfig:
     device: str = _opt("device", DEVICES, "auto")
     threads: int = _opt("CPU threads (0: PyTorch's default)", default=0)
     compile: bool = _opt("use torch.compile (falls back to eager if it fails)", default=False)
-    eval_batch_size: int = _opt("images per forward pass when evaluating", default=2000)
+    eval_batch_size: int = _opt("images per forward pass when evaluating (500: cache-friendly on CPUs)", default=500)
     out: str = _opt("run folder", default="runs/train")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 99.0%+ in well under 30 s: the modern variant, a few epochs, one-cycle Adam.
-    "quick": {"model": "lenet5-bn", "epochs": 3, "batch_size": 128, "lr": 5e-3, "augment": False,
+    # 99.0%+ in under 30 s of wall time on 2 CPU cores: batch norm allows a high one-cycle rate.
+    "quick": {"model": "lenet5-bn", "epochs": 2, "batch_size": 256, "lr": 8e-3, "augment": False,
               "out": "runs/quick"},
     # LeNet-5 as published (no batch norm), with affine + elastic distortions.
     "paper": {"model": "lenet5", "epochs": 30, "batch_size": 64, "lr": 2e-3, "elastic_alpha": 2.0,
