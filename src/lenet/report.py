@@ -17,6 +17,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lenet.checkpoint import atomic_write
 from lenet.errors import LenetError
@@ -82,6 +83,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
         if any(h[f"val_{key}"] is not None for h in history):  # --val-size 0: no validation curve
             ax.plot(epochs, [h[f"val_{key}"] for h in history], marker="o", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
