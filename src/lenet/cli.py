@@ -6,6 +6,7 @@
     lenet train [--preset NAME] [--model M] [--epochs N] [--out DIR] ... [--resume FILE]
     lenet eval [--checkpoint C] [--dataset D] [--json] [--out DIR]
     lenet predict [--checkpoint C] IMAGE_OR_DIR... [--json] [--top-k K] [--save-input DIR]
+    lenet export [--checkpoint C] --format onnx [--int8] --out FILE
     lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
 
 Exit codes: 0 success, 1 some inputs failed (predict), 2 bad input (one line on stderr;
@@ -162,6 +163,18 @@ def cmd_predict(args) -> int:
     return predict_command(args.inputs, args.checkpoint, args.top_k, args.json, args.save_input)
 
 
+def cmd_export(args) -> int:
+    from lenet.export import export_onnx
+
+    result = export_onnx(args.checkpoint, Path(args.out), int8=args.int8)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"wrote {result['path']} ({result['bytes']:,} bytes); onnxruntime vs PyTorch: max logit "
+              f"difference {result['max_abs_logit_difference']:.2g}, top-1 agreement {result['top1_agreement']:.0%}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from lenet.serve import serve_command
 
@@ -226,6 +239,12 @@ def build_parser() -> Parser:
     sp.add_argument("--checkpoint", help="model file or embedded name: mnist (default), fashion-mnist")
     sp.add_argument("--top-k", type=int, default=3, metavar="K", help="show the K most likely classes")
     sp.add_argument("--save-input", metavar="DIR", help="save what the model saw (28x28) next to a copy of each input")
+
+    sp = command("export", cmd_export, "export a checkpoint to ONNX (input contract built in), checked with onnxruntime")
+    sp.add_argument("--checkpoint", help="model file or embedded name (default: mnist)")
+    sp.add_argument("--format", choices=("onnx",), default="onnx")
+    sp.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the weights")
+    sp.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
 
     sp = command("serve", cmd_serve, "the drawing page and JSON API on http://HOST:PORT", json_flag=False)
     sp.add_argument("--checkpoint", action="append", help="model file or embedded name; repeat for several")
