@@ -20,10 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lenet.config import TrainConfig
+from lenet.bench import eval_seconds, train_epoch_rate
 from lenet.data import default_root, load_dataset
-from lenet.models import create_model, get_spec, prepare_input
-from lenet.train import Run, evaluate
+from lenet.models import create_model, get_spec
 
 
 def tutorial_images_per_second(model_name: str, batch_size: int, images: int, root) -> float:
@@ -51,21 +50,6 @@ def tutorial_images_per_second(model_name: str, batch_size: int, images: int, ro
     return seen / (time.perf_counter() - start)
 
 
-def ours_images_per_second(model_name: str, data, augment: bool, batch_size: int) -> tuple[float, float]:
-    """(images/s, seconds) of one full epoch of our trainer."""
-    cfg = TrainConfig(model=model_name, augment=augment, batch_size=batch_size, epochs=1, out="/tmp/lenet-bench")
-    run = Run(cfg, data, torch.device("cpu"))
-    row = run.train_epoch(run.make_step(), progress=False)
-    return row["images_per_second"], row["seconds"]
-
-
-def eval_seconds(model_name: str, data) -> float:
-    model = create_model(model_name).to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    evaluate(model, get_spec(model_name), data.test_images, data.test_labels)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="lenet5")
@@ -76,12 +60,11 @@ def main() -> None:
     args = p.parse_args()
     root = default_root()
     data = load_dataset("mnist", root)
-    prepare_input(data.test_images[:2], get_spec(args.model))  # warm-up
     results: dict[str, list[float]] = {"ours": [], "ours_augmented": [], "tutorial_b16": [], "tutorial_b64": [],
                                         "eval_10k_seconds": []}
     for _ in range(args.repeats):  # interleaved, so a noisy neighbour hits every variant alike
-        results["ours"].append(ours_images_per_second(args.model, data, False, args.batch_size)[0])
-        results["ours_augmented"].append(ours_images_per_second(args.model, data, True, args.batch_size)[0])
+        results["ours"].append(train_epoch_rate(args.model, data, False, args.batch_size)[0])
+        results["ours_augmented"].append(train_epoch_rate(args.model, data, True, args.batch_size)[0])
         results["tutorial_b16"].append(tutorial_images_per_second(args.model, 16, args.tutorial_images, root))
         results["tutorial_b64"].append(tutorial_images_per_second(args.model, 64, args.tutorial_images, root))
         results["eval_10k_seconds"].append(eval_seconds(args.model, data))

@@ -9,7 +9,7 @@ import pytest
 from lenet.cli import build_parser, main
 
 COMMANDS = [["models"], ["summary"], ["data"], ["data", "fetch"], ["data", "show"], ["train"], ["eval"],
-            ["predict"], ["serve"], ["export"]]
+            ["predict"], ["serve"], ["export"], ["bench"]]
 
 
 @pytest.mark.parametrize("argv", [[], *COMMANDS])

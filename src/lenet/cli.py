@@ -8,6 +8,7 @@
     lenet predict [--checkpoint C] IMAGE_OR_DIR... [--json] [--top-k K] [--save-input DIR]
     lenet export [--checkpoint C] --format onnx [--int8] --out FILE
     lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
+    lenet bench [--model M] [--json]
 
 Exit codes: 0 success, 1 some inputs failed (predict), 2 bad input (one line on stderr;
 the traceback only with --debug), 130 interrupted.
@@ -175,6 +176,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from lenet.bench import bench
+
+    result = bench(args.model, Path(args.root) if args.root else None)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"{result['model']} on {result['threads']} threads: training {result['train_images_per_second']:,} img/s "
+              f"({result['epoch_seconds']} s/epoch), with augmentation {result['train_images_per_second_augmented']:,} "
+              f"img/s; 10k test images in {result['eval_10k_seconds']} s; one drawing predicted in "
+              f"{result['predict_one_drawing_ms']} ms")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from lenet.serve import serve_command
 
@@ -245,6 +260,10 @@ def build_parser() -> Parser:
     sp.add_argument("--format", choices=("onnx",), default="onnx")
     sp.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the weights")
     sp.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+
+    sp = command("bench", cmd_bench, "training and inference throughput on this machine (about a minute)")
+    sp.add_argument("--model", default="lenet5", help="model to time (default lenet5)")
+    sp.add_argument("--root", help="data folder")
 
     sp = command("serve", cmd_serve, "the drawing page and JSON API on http://HOST:PORT", json_flag=False)
     sp.add_argument("--checkpoint", action="append", help="model file or embedded name; repeat for several")

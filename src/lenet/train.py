@@ -90,8 +90,9 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step schedule (stepped after every batch)."""
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2,
+    if cfg.schedule == "onecycle" and total >= 4:  # fewer steps leave one-cycle a phase of length 0
+        warmup = min(0.5, max(0.2, 2 / total))  # 20% warm-up, but at least two steps
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=warmup,
                                                    cycle_momentum=cfg.optimizer == "sgd")
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)

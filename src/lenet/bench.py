@@ -1,0 +1,67 @@
+"""`lenet bench`: training and inference throughput of this machine, measured with our code.
+
+    lenet bench                    # lenet5: one training epoch, the 10k test set, single images
+    lenet bench --model lenet5-bn --json
+
+For the side-by-side comparison with the tutorials' DataLoader pipeline, see
+benchmarks/train_throughput.py, which uses the same functions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from lenet.config import TrainConfig
+from lenet.data import Dataset, load_dataset
+from lenet.models import create_model, get_spec
+from lenet.train import Run, evaluate
+
+
+def train_epoch_rate(model_name: str, data: Dataset, augment: bool, batch_size: int = 128) -> tuple[float, float]:
+    """(images/s, seconds) of one full training epoch of our trainer (nothing is written)."""
+    cfg = TrainConfig(model=model_name, augment=augment, batch_size=batch_size, epochs=1, out="")
+    run = Run(cfg, data, torch.device("cpu"))
+    row = run.train_epoch(run.make_step(), progress=False)
+    return row["images_per_second"], row["seconds"]
+
+
+def eval_seconds(model_name: str, data: Dataset) -> float:
+    """Seconds to evaluate the whole test set (after one warm-up batch)."""
+    model = create_model(model_name).to(memory_format=torch.channels_last)
+    spec = get_spec(model_name)
+    evaluate(model, spec, data.test_images[:500], data.test_labels[:500])
+    start = time.perf_counter()
+    evaluate(model, spec, data.test_images, data.test_labels)
+    return time.perf_counter() - start
+
+
+def predict_latency_ms(repeats: int = 50) -> float:
+    """Median ms for one canvas-sized drawing: preprocessing + a batch-of-one forward pass."""
+    from lenet.predict import Predictor
+
+    canvas = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(canvas).line([(90, 60), (200, 60), (120, 230)], fill=0, width=24)  # a 7
+    predictor = Predictor()
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        predictor.predict_images([canvas])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) * 1000  # the first call warms up
+
+
+def bench(model_name: str = "lenet5", root: Path | None = None) -> dict[str, Any]:
+    data = load_dataset("mnist", root)
+    rate, seconds = train_epoch_rate(model_name, data, augment=False)
+    aug_rate, aug_seconds = train_epoch_rate(model_name, data, augment=True)
+    return {"model": model_name, "threads": torch.get_num_threads(),
+            "train_images_per_second": round(rate), "epoch_seconds": round(seconds, 2),
+            "train_images_per_second_augmented": round(aug_rate), "epoch_seconds_augmented": round(aug_seconds, 2),
+            "eval_10k_seconds": round(eval_seconds(model_name, data), 3),
+            "predict_one_drawing_ms": round(predict_latency_ms(), 2)}
