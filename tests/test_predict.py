@@ -6,6 +6,7 @@ weights); the slow ones use the embedded default model.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -230,8 +231,8 @@ def test_save_input_writes_the_copy_and_what_the_model_saw(checkpoint, tmp_path)
     code, rows, _ = run([folder, other], checkpoint, save_input=out)
     assert code == 0
     assert (out / "x" / "four.png").read_bytes() == (folder / "x" / "four.png").read_bytes()
-    assert Image.open(out / "x" / "four.input.png").size == (OUT, OUT)
-    assert (out / "blank.png").exists() and not (out / "blank.input.png").exists()  # nothing seen
+    assert Image.open(out / "x" / "four.png.input.png").size == (OUT, OUT)
+    assert (out / "blank.png").exists() and not (out / "blank.png.input.png").exists()  # nothing seen
     assert (out / "four.png").read_bytes() == other.read_bytes()  # mirrored names do not collide
     assert [r["saved_input"] for r in rows] == [str(out / "blank.png"), str(out / "x" / "four.png"),
                                                 str(out / "four.png")]
@@ -305,3 +306,36 @@ def test_embedded_default_loads_without_network_and_reads_rendered_digits(monkey
     images = [digit_image(str(d), size=160, dark_on_light=d % 2 == 0) for d in range(10)]
     results = predictor.predict_images(images, top_k=1)
     assert [r["prediction"] for r in results] == list(range(10))
+
+
+def test_save_input_never_overwrites_and_keeps_names_apart(tmp_path, capsys):
+    from lenet.predict import predict_command
+
+    src, out = tmp_path / "in", tmp_path / "seen"
+    src.mkdir()
+    out.mkdir()
+    for name in ("scan.png", "scan.jpg"):
+        img = Image.new("L", (60, 60), 255)
+        ImageDraw.Draw(img).line([(30, 8), (30, 52)], fill=0, width=6)
+        img.save(src / name)
+    (out / "scan.png").write_bytes(b"the user's own file")
+    assert predict_command([str(src)], None, 3, True, str(out)) == 0
+    assert (out / "scan.png").read_bytes() == b"the user's own file"
+    assert (out / "scan-2.png").is_file() and (out / "scan-2.png.input.png").is_file()
+    assert (out / "scan.jpg.input.png").is_file()
+    capsys.readouterr()
+    assert predict_command([str(out)], None, 3, True, str(out)) == 2  # would feed on its own output
+    assert "is the --save-input folder" in capsys.readouterr().err
+
+
+
+# A 1 kB JPEG whose EXIF block has a malformed tag: ImageOps.exif_transpose raised struct.error on it.
+BAD_EXIF_JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/4QBORXhpZgAATU0AKgAAAAgAAwEPAAIAAAAEY2FtAAESAAMAAAABAAaKAAEKAAIAAAAUAAAAMgAAAAAyMDIwOjAxOjAxQDAwOjAwOoYwAP/bAEMACAYGBwYFCAcHBwkJCAoMFA0MCwsMGRITDxQdGh8eHRocHCAkLicgIiwjHBwoNyksMDE0NDQfJzk9ODI8LjM0Mv/bAEMBCQkJDAsMGA0NGDIhHCEyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMv/AABEIAB4AKAMBIgACEQEDEQH/xAAfAAABBQEBAQEBAQAAAAAAAAAAAQIDBAUGBwgJCgv/xAC1EAACAQMDAgQDBQUEBAAAAX0BAgMABBEFEiExQQYTUWEHInEUMoGRoQgjQrHBFVLR8CQzYnKCCQoWFxgZGiUmJygpKjQ1Njc4OTpDREVGR0hJSlNUVVZXWFlaY2RlZmdoaWpzdHV2d3h5eoOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4eLj5OXm5+jp6vHy8/T19vf4+fr/xAAfAQADAQEBAQEBAQEBAAAAAAAAAQIDBAUGBwgJCgv/xAC1EQACAQIEBAMEBwUEBAABAncAAQIDEQQFITEGEkFRB2FxEyIygQgUQpGhscEJIzNS8BVictEKFiQ04SXxFxgZGiYnKCkqNTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqCg4SFhoeIiYqSk5SVlpeYmZqio6Slpqeoqaqys7S1tre4ubrCw8TFxsfIycrS09TV1tfY2dri4+Tl5ufo6ery8/T19vf4+fr/2gAMAwEAAhEDEQA/APf6838U/EfxJoPiO70yw+Hmq6taw7Nl7AZNkuUVjjETDgkjqelekUUAeP8A/C3/ABh/0SbXPzm/+MVXj+O9/B4h0/SNX8C32mSXcsaYmmkMgR3271j8kM/fAHUjA5r0jxp4ss/BXhe61q8TzfKwkMAcI00jHCqCfxJxkhQxwcYrzf4R+EbzWNYuPiV4lWddTvZXksYWJCJG648wZYsV2koingKM85UgA9oooooAKjnnhtbeW4uJY4YIkLySSMFVFAySSeAAOc1JVPVdKsdc0u40zU7aO5s7hNksT9GH8wQcEEcggEYIoA8I022m+PHxBbVdQtbu28JaUhjhj3Eec2QdhOcB2ByxToqquclWr6DrL8OaBY+FvD9noumrILS1QqnmNuZiSWZifUsSeMDngAcVqUAFFFFAH//Z"
+
+
+def test_malformed_exif_is_read_as_stored(tmp_path):
+    from lenet.preprocess import open_image
+
+    path = tmp_path / "odd.jpg"
+    path.write_bytes(base64.b64decode(BAD_EXIF_JPEG))
+    assert open_image(path).size[0] > 0

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from lenet.config import TrainConfig
+from lenet.config import TrainConfig, check
 from lenet.data import Dataset, load_dataset
 from lenet.models import create_model, get_spec
 from lenet.train import Run, evaluate
@@ -57,6 +57,7 @@ def predict_latency_ms(repeats: int = 50) -> float:
 
 
 def bench(model_name: str = "lenet5", root: Path | None = None) -> dict[str, Any]:
+    check(TrainConfig(model=model_name, out=""))  # an unknown model: one clear line, before any work
     data = load_dataset("mnist", root)
     rate, seconds = train_epoch_rate(model_name, data, augment=False)
     aug_rate, aug_seconds = train_epoch_rate(model_name, data, augment=True)

@@ -112,10 +112,13 @@ def find_images(inputs: list[str], skip: Path | None = None
     skip = skip.resolve() if skip is not None else None
     for text in inputs:
         path = Path(text)
+        if path.is_dir() and skip is not None and path.resolve() == skip:
+            yield text, None, None, f"{text}: is the --save-input folder; save elsewhere"
+            continue
         if path.is_dir():
             found = False
             for folder, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if (Path(folder) / d).resolve() != skip)
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() != skip)
                 for name in sorted(files):
                     if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
                         found = True
@@ -142,19 +145,28 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
 
 def save_seen(out_dir: Path, file: Path, root: Path | None, seen: Preprocessed, used: set[Path]) -> str:
     """Copy `file` into out_dir (mirroring its place under `root`) and write what the model
-    saw next to it as NAME.input.png; returns the copy's path."""
+    saw next to it as NAME.SUFFIX.input.png; never overwrites a file; returns the copy's path."""
     rel = file.relative_to(root) if root is not None else Path(file.name)
     copy = out_dir / rel
+
+    def taken(c: Path) -> bool:  # by this run, or by a file the user already has: never overwrite
+        return any(p in used or p.exists() for p in (c, input_name(c)))
+
     n = 1
-    while copy in used:  # two inputs with the same name: digit.png, digit-2.png
+    while taken(copy):  # digit.png, digit-2.png, ...
         n += 1
         copy = out_dir / rel.with_name(f"{rel.stem}-{n}{rel.suffix}")
-    used.add(copy)
+    used.update((copy, input_name(copy)))
     atomic_write(copy, lambda tmp: shutil.copyfile(file, tmp))
     if seen.image is not None:
         png = to_png(seen.image)
-        atomic_write(copy.with_name(copy.stem + ".input.png"), lambda tmp: Path(tmp).write_bytes(png))
+        atomic_write(input_name(copy), lambda tmp: Path(tmp).write_bytes(png))
     return str(copy)
+
+
+def input_name(copy: Path) -> Path:
+    """scan.jpg -> scan.jpg.input.png: distinct from scan.png's, so two never collide."""
+    return copy.with_name(copy.name + ".input.png")
 
 
 def format_row(path: str, result: dict, width: int) -> str:
@@ -166,9 +178,10 @@ def format_row(path: str, result: dict, width: int) -> str:
 
 
 def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_json: bool,
-                    save_input: str | None, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+                    save_input: str | None, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """`lenet predict`: print a JSON line or a table row per image, one stderr line per
     input that failed. Exit code: 0 all predicted, 1 some failed, 2 none could be read."""
+    out, err = out or sys.stdout, err or sys.stderr  # looked up now: callers may have redirected them
     if top_k < 1:
         raise LenetError(f"--top-k must be at least 1, got {top_k}")
     if not inputs:

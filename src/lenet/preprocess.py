@@ -23,6 +23,8 @@ Used by:
 
 from __future__ import annotations
 
+import warnings
+
 import io
 from dataclasses import dataclass
 from functools import lru_cache
@@ -88,7 +90,8 @@ def open_image(source: str | Path | bytes, name: str | None = None,
             fp = path.open("rb")  # Pillow reads only the header of a non-image, not the whole file
         except OSError as exc:
             raise LenetError(f"{label}: cannot read ({exc.strerror or exc})") from None
-    with fp:
+    with fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse by our own limit
         return _decode(fp, label, max_pixels)
 
 
@@ -113,12 +116,30 @@ def _decode(fp, label: str, max_pixels: int) -> Image.Image:
     try:
         img.seek(0)  # first frame of an animation
         img.load()
-        return ImageOps.exif_transpose(img)
+        return upright(img)
     except Image.DecompressionBombError:
         raise LenetError(too_large) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         why = str(exc).strip() or type(exc).__name__
         raise LenetError(f"{label}: truncated or corrupt image ({why})") from None
+
+
+EXIF_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos) without re-encoding the EXIF block, which
+    ImageOps.exif_transpose does and which fails on malformed tags."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Truncated File Read" on corrupt EXIF
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - any EXIF problem: take the image as stored
+        orientation = 1
+    method = EXIF_ORIENTATION.get(orientation)
+    return img.transpose(method) if method is not None else img
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
