@@ -50,6 +50,7 @@ def export_onnx(checkpoint: str | None, out: Path, int8: bool = False) -> dict[s
     wrapped = WithInputContract(model, get_spec(meta["model"])).eval()
     sample = torch.rand(8, 1, 28, 28)
     out = Path(out)
+    check: dict[str, float] = {}
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -71,16 +72,19 @@ def export_onnx(checkpoint: str | None, out: Path, int8: bool = False) -> dict[s
                 quantize_dynamic(tmp, tmp, weight_type=QuantType.QInt8)
             finally:
                 logging.disable(logging.NOTSET)
+        check["diff"], check["agree"] = compare(tmp)
 
-    atomic_write(out, write)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"image": sample.numpy()})[0])
-    with torch.no_grad():
-        want = wrapped(sample)
-    diff = (got - want).abs().max().item()
-    agree = (got.argmax(1) == want.argmax(1)).float().mean().item()
-    if not int8 and diff > TOLERANCE:
-        out.unlink(missing_ok=True)
-        raise LenetError(f"{out}: onnxruntime disagrees with PyTorch by {diff:.2g}; file removed")
+    def compare(tmp: str) -> tuple[float, float]:
+        """Run the written file with onnxruntime; refuse a float export that disagrees."""
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"image": sample.numpy()})[0])
+        with torch.no_grad():
+            want = wrapped(sample)
+        diff = (got - want).abs().max().item()
+        if not int8 and diff > TOLERANCE:
+            raise LenetError(f"{out}: onnxruntime disagrees with PyTorch by {diff:.2g}; nothing written")
+        return diff, (got.argmax(1) == want.argmax(1)).float().mean().item()
+
+    atomic_write(out, write)  # write() checks the file before it replaces anything at `out`
     return {"path": str(out), "model": meta["model"], "int8": int8, "bytes": out.stat().st_size,
-            "max_abs_logit_difference": diff, "top1_agreement": agree}
+            "max_abs_logit_difference": check["diff"], "top1_agreement": check["agree"]}
