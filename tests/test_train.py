@@ -176,12 +176,14 @@ def test_config_file_values_are_type_checked(tmp_path, values, message):
 
 
 def test_precedence_defaults_preset_file_flags(tmp_path):
-    from lenet.config import resolve
+    from lenet.config import PRESETS, resolve
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"epochs": 7, "lr": 0.02}))
     cfg = resolve("quick", str(path), lr=0.05)
-    assert (cfg.model, cfg.epochs, cfg.lr, cfg.batch_size) == ("lenet5-bn", 7, 0.05, 128)
+    assert (cfg.epochs, cfg.lr) == (7, 0.05)  # file over preset, flag over file
+    assert (cfg.model, cfg.batch_size) == (PRESETS["quick"]["model"], PRESETS["quick"]["batch_size"])  # preset
+    assert cfg.optimizer == TrainConfig().optimizer  # untouched fields keep their defaults
 
 
 @pytest.mark.slow
