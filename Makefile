@@ -9,7 +9,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # This machine keeps these wheels on disk; elsewhere pip fetches your platform's build.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-export LENET_OFFLINE ?= 1
 
 .PHONY: setup demo test test-fast bench serve clean
 setup: $(VENV)/.installed
@@ -28,10 +27,10 @@ demo: setup
 	@echo "demo outputs: runs/demo/curves.png runs/demo/confusion.png runs/demo/mistakes.png runs/demo/predictions.png"
 
 test: setup
-	$(PY) -m pytest -q
+	LENET_OFFLINE=1 $(PY) -m pytest -q  # tests never try the network
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	LENET_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
