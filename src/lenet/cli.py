@@ -28,6 +28,13 @@ from lenet.errors import LenetError
 DATASET_CHOICES = ("mnist", "fashion-mnist")
 
 
+def add_common(sp: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    """Flags every sub-command takes (--debug also works before the sub-command)."""
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    if json_flag:
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit code 2."""
 
@@ -37,6 +44,12 @@ class Parser(argparse.ArgumentParser):
 
 def emit_json(value: Any) -> None:
     print(json.dumps(value))
+
+
+def show(args, value: Any, text: str) -> int:
+    """The command's result: `value` as JSON with --json, else the human-readable `text`."""
+    print(json.dumps(value) if args.json else text)
+    return 0
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -84,11 +97,7 @@ def cmd_data_fetch(args) -> int:
 
     folder = fetch(args.dataset, Path(args.root) if args.root else None,
                    Path(args.from_dir) if args.from_dir else None)
-    if args.json:
-        emit_json({"dataset": args.dataset, "path": str(folder)})
-    else:
-        print(f"{args.dataset}: verified files in {folder}")
-    return 0
+    return show(args, {"dataset": args.dataset, "path": str(folder)}, f"{args.dataset}: verified files in {folder}")
 
 
 def cmd_data_show(args) -> int:
@@ -107,8 +116,7 @@ def cmd_data_show(args) -> int:
         n = args.grid * args.grid
         path = save_image_grid(images[:n], [data.class_names[i] for i in labels[:n].tolist()],
                                Path(args.out), ncols=args.grid)
-        print(json.dumps({"path": str(path), "images": n}) if args.json else f"wrote {path} ({n} images)")
-        return 0
+        return show(args, {"path": str(path), "images": n}, f"wrote {path} ({n} images)")
     if not 0 <= args.index < len(images):
         raise LenetError(f"--index {args.index}: the {args.split} set has images 0..{len(images) - 1}")
     label = int(labels[args.index])
@@ -134,12 +142,8 @@ def cmd_train(args) -> int:
     cfg = config.from_args(args, base)
     metrics = fit(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
                   overwrite=args.overwrite)
-    if args.json:
-        emit_json(metrics)
-    else:
-        print(f"test accuracy {metrics['test_accuracy']:.4f} (model of epoch {metrics['best_epoch']}, selected on "
-              f"{metrics['selected_on']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
-    return 0
+    return show(args, metrics, f"test accuracy {metrics['test_accuracy']:.4f} (model of epoch {metrics['best_epoch']}, "
+                f"selected on {metrics['selected_on']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
 
 
 def cmd_eval(args) -> int:
@@ -168,26 +172,18 @@ def cmd_export(args) -> int:
     from lenet.export import export_onnx
 
     result = export_onnx(args.checkpoint, Path(args.out), int8=args.int8)
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"wrote {result['path']} ({result['bytes']:,} bytes); onnxruntime vs PyTorch: max logit "
-              f"difference {result['max_abs_logit_difference']:.2g}, top-1 agreement {result['top1_agreement']:.0%}")
-    return 0
+    return show(args, result, f"wrote {result['path']} ({result['bytes']:,} bytes); onnxruntime vs PyTorch: max "
+                f"logit difference {result['max_abs_logit_difference']:.2g}, top-1 agreement {result['top1_agreement']:.0%}")
 
 
 def cmd_bench(args) -> int:
     from lenet.bench import bench
 
     result = bench(args.model, Path(args.root) if args.root else None)
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"{result['model']} on {result['threads']} threads: training {result['train_images_per_second']:,} img/s "
-              f"({result['epoch_seconds']} s/epoch), with augmentation {result['train_images_per_second_augmented']:,} "
-              f"img/s; 10k test images in {result['eval_10k_seconds']} s; one drawing predicted in "
-              f"{result['predict_one_drawing_ms']} ms")
-    return 0
+    return show(args, result, f"{result['model']} on {result['threads']} threads: training "
+                f"{result['train_images_per_second']:,} img/s ({result['epoch_seconds']} s/epoch), with augmentation "
+                f"{result['train_images_per_second_augmented']:,} img/s; 10k test images in {result['eval_10k_seconds']} s; "
+                f"one drawing predicted in {result['predict_one_drawing_ms']} ms")
 
 
 def cmd_serve(args) -> int:
@@ -208,9 +204,7 @@ def build_parser() -> Parser:
     def command(name: str, func: Callable, help: str, json_flag: bool = True) -> Parser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        add_common(sp, json_flag)
         return sp
 
     command("models", cmd_models, "list the registered models")
@@ -223,10 +217,9 @@ def build_parser() -> Parser:
                              ("show", cmd_data_show, "show a sample in the terminal, or save a grid")):
         sp = data_sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        add_common(sp)
         sp.add_argument("--dataset", choices=DATASET_CHOICES, default="mnist")
         sp.add_argument("--root", help="data folder (default: $LENET_DATA_ROOT or ~/.cache/lenet)")
-        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     fetch_p, show_p = data_sub.choices["fetch"], data_sub.choices["show"]
     fetch_p.add_argument("--from", dest="from_dir", metavar="DIR",
                          help="use only this folder's four IDX files (.gz or raw)")

@@ -54,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 500, num_classes: int | None = None) -> dict[str, Any]:
+             batch_size: int = TrainConfig.eval_batch_size, num_classes: int | None = None) -> dict[str, Any]:
     """Accuracy, mean loss, per-class accuracy, confusion matrix (rows: true, cols: predicted),
     and the predicted label of every image. images: (N, 28, 28) uint8; labels: (N,)."""
     model.eval()
