@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenet.layers import InputConv2d, LeNet5
+
 # Mean and std of the MNIST training pixels in [0, 1]; the tutorials' Normalize((0.1307,), (0.3081,)).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -88,61 +90,6 @@ def _side(size: int, kernel: int, padding: int = 0, stride: int = 1) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class ScaledTanh(nn.Module):
-    """LeCun's squashing function f(a) = 1.7159 tanh(2a/3) (paper, Appendix A)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
-
-
-class Subsampling(nn.Module):
-    """The paper's S2/S4: sum of each 2x2 block times a trainable coefficient, plus a
-    trainable bias, one pair per feature map (S2 has 12 parameters, S4 32)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((channels,), 0.25))  # 0.25: starts as an average
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        summed = F.avg_pool2d(x, 2) * 4.0  # (B, C, H/2, W/2): sum of each 2x2 block
-        return summed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-
-
-# Table I of LeCun et al. 1998: which S2 maps (rows 0..5) feed each C3 map (columns 0..15).
-C3_TABLE = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
-    (0, 1, 2, 3, 4, 5),
-)
-
-
-class PartialConv(nn.Module):
-    """C3: a 5x5 convolution 6 -> 16 where map j sees only the inputs C3_TABLE[j].
-
-    Only the 60 connected 5x5 kernels are parameters (60*25 + 16 = 1,516, as in the paper);
-    forward scatters them into a dense (16, 6, 5, 5) weight so one conv2d does the work.
-    """
-
-    def __init__(self, table=C3_TABLE, in_channels: int = 6, kernel: int = 5):
-        super().__init__()
-        outs = [j for j, ins in enumerate(table) for _ in ins]
-        ins = [i for conn in table for i in conn]
-        self.register_buffer("out_index", torch.tensor(outs), persistent=False)
-        self.register_buffer("in_index", torch.tensor(ins), persistent=False)
-        self.shape = (len(table), in_channels, kernel, kernel)
-        fan_in = torch.tensor([len(table[j]) * kernel * kernel for j in outs], dtype=torch.float)
-        bound = (1.0 / fan_in).sqrt().view(-1, 1, 1)  # PyTorch's default conv init, per map's fan-in
-        self.weight = nn.Parameter((torch.rand(len(ins), kernel, kernel) * 2 - 1) * bound)
-        self.bias = nn.Parameter(torch.zeros(len(table)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense = self.weight.new_zeros(self.shape)  # (16, 6, 5, 5), zeros where not connected
-        dense = dense.index_put((self.out_index, self.in_index), self.weight)
-        return F.conv2d(x, dense, self.bias)
-
-
 @register_model("lenet5", input_size=32, description="LeCun et al. 1998 as published: "
                 "scaled tanh, trainable subsampling, C3 partial connections (Table I)")
 def lenet5(num_classes: int = 10) -> nn.Module:
@@ -158,24 +105,14 @@ def lenet5(num_classes: int = 10) -> nn.Module:
     +-1/sqrt(fan_in); subsampling starts as an average, biases at zero) instead of the
     paper's uniform +-2.4/F_in.
     """
-    act = ScaledTanh
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5), act(),  # C1: (B, 6, 28, 28)
-        Subsampling(6), act(),  # S2: (B, 6, 14, 14)
-        PartialConv(), act(),  # C3: (B, 16, 10, 10)
-        Subsampling(16), act(),  # S4: (B, 16, 5, 5)
-        nn.Conv2d(16, 120, 5), act(),  # C5: (B, 120, 1, 1)
-        nn.Flatten(),  # (B, 120)
-        nn.Linear(120, 84), act(),  # F6: (B, 84)
-        nn.Linear(84, num_classes),  # logits: (B, 10)
-    )
+    return LeNet5(num_classes)
 
 
 def _lenet_conv_c5(act: type[nn.Module], pool: type[nn.Module], num_classes: int,
                    first_padding: int) -> nn.Module:
     """C1-S2-C3-S4 with a full-connection C3, then C5 as a 5x5 conv to 120, F6 84, out."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=first_padding), act(), pool(2),  # (B, 6, 14, 14)
+        InputConv2d(1, 6, 5, padding=first_padding), act(), pool(2),  # (B, 6, 14, 14)
         nn.Conv2d(6, 16, 5), act(), pool(2),  # (B, 16, 5, 5)
         nn.Conv2d(16, 120, 5), act(),  # C5: (B, 120, 1, 1)
         nn.Flatten(),  # (B, 120)
@@ -201,7 +138,7 @@ def lenet5_tanh_avgpool(num_classes: int = 10) -> nn.Module:
 def lenet5_relu_maxpool(num_classes: int = 10) -> nn.Module:
     flat = 16 * _side(_side(_side(_side(32, 5), 2, stride=2), 5), 2, stride=2) ** 2  # 16*5*5
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
+        InputConv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 16, 5, 5)
         nn.Flatten(),  # (B, 400)
         nn.Linear(flat, 120), nn.ReLU(),
@@ -217,7 +154,8 @@ def lenet5_bn(num_classes: int = 10, c1: int = 6, c3: int = 16, c5: int = 120, f
     """LeNet-5's layout (widths adjustable, defaults as published) with BatchNorm + ReLU."""
 
     def conv_block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        conv = InputConv2d if cin == 1 else nn.Conv2d  # the input layer gets the faster weight gradient
+        return [conv(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
     return nn.Sequential(
         *conv_block(1, c1), nn.MaxPool2d(2),  # (B, c1, 14, 14)
@@ -244,7 +182,7 @@ def mlp(num_classes: int = 10, hidden: int = 784) -> nn.Module:
 def cnn_simple(num_classes: int = 10) -> nn.Module:
     side = _side(_side(28, 5), 2, stride=1)  # 24 after the conv, 23 after the pool
     return nn.Sequential(
-        nn.Conv2d(1, 10, 5), nn.ReLU(),  # (B, 10, 24, 24)
+        InputConv2d(1, 10, 5), nn.ReLU(),  # (B, 10, 24, 24)
         nn.MaxPool2d(2, stride=1),  # (B, 10, 23, 23)
         nn.Dropout(0.25),
         nn.Flatten(),  # (B, 5290)
