@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.layers import C3_TABLE, InputConv2d, LeNet5, PartialConv, Subsampling
+from lenet.layers import C3_TABLE, LeNet5, PartialConv, Subsampling
 
 
 def outputs_and_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -46,31 +46,6 @@ def test_lenet5_fast_forward_inference_matches():
         fast = model(x)
         model.layerwise = True
         torch.testing.assert_close(fast, model(x), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("padding,bias", [(0, True), (2, True), (0, False)])
-def test_input_conv_gradients_match_conv2d(padding, bias):
-    torch.manual_seed(0)
-    plain = nn.Conv2d(1, 6, 5, padding=padding, bias=bias)
-    fast = InputConv2d(1, 6, 5, padding=padding, bias=bias)
-    fast.load_state_dict(plain.state_dict())
-    x = torch.randn(32, 1, 28, 28)
-    g = torch.randn_like(plain(x))
-    plain(x).backward(g)
-    fast(x).backward(g)
-    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
-    if bias:
-        torch.testing.assert_close(fast.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
-
-
-def test_input_conv_still_gives_the_input_gradient_when_asked():
-    """A saliency map needs d(output)/d(input): the plain path must take over."""
-    torch.manual_seed(0)
-    conv = InputConv2d(1, 6, 5)
-    x = torch.randn(2, 1, 32, 32, requires_grad=True)
-    conv(x).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    assert conv.weight.grad is not None
 
 
 def test_subsampling_is_block_sum_times_weight_plus_bias():

@@ -10,8 +10,6 @@ fewer, cheaper passes over memory (profiled on a 2-core CPU, batch 512):
   instead of costing extra passes over the activations, which are large.
 - Subsampling (2x2 sum x coefficient + bias) is one depthwise stride-2 convolution instead
   of pool, multiply, add: about 2x faster forward and backward in channels-last.
-- `InputConv2d`: the first convolution's weight gradient as one convolution over the batch;
-  oneDNN's own kernel for one input channel is about 3x slower.
 
 Each fast path is the same function to float rounding, and tests/test_layers.py checks outputs
 and gradients against the layer-by-layer definition (`LeNet5.layerwise = True`).
@@ -91,50 +89,6 @@ class PartialConv(nn.Module):
         return F.conv2d(x, self.dense_weight(), self.bias)
 
 
-class _InputConvFunction(torch.autograd.Function):
-    """conv2d (stride 1) of an input that needs no gradient; backward gives weight and bias."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding):
-        ctx.save_for_backward(x)
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        return F.conv2d(x, weight, bias, padding=padding)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        # grad_w[o, i, u, v] = sum over b, y, x of grad[b, o, y, x] * x_padded[b, i, y + u, x + v]:
-        # a convolution of the input with the gradient as kernel, the batch as channels:
-        # (Ci, B, H, W) * (Co, B, h, w) -> (Ci, Co, k, k) -> (Co, Ci, k, k).
-        grad_w = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=ctx.padding).transpose(0, 1)
-        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias else None
-        return None, grad_w.contiguous(), grad_b, None
-
-
-def input_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 padding: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """F.conv2d for a network's input layer (stride 1, no groups), with a faster weight gradient.
-
-    Falls back to F.conv2d where the trick does not apply: the input needs a gradient (e.g. a
-    saliency map), gradients are off, or the graph is being traced for export.
-    """
-    if x.requires_grad or not torch.is_grad_enabled() or torch.jit.is_tracing():
-        return F.conv2d(x, weight, bias, padding=padding)
-    return _InputConvFunction.apply(x, weight, bias, padding)
-
-
-class InputConv2d(nn.Conv2d):
-    """nn.Conv2d for the first layer (same parameters and state_dict) with `input_conv2d`'s
-    faster backward when it applies (stride 1, dilation 1, one group, zero padding)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
-                 and self.padding_mode == "zeros" and not isinstance(self.padding, str))
-        if not plain:
-            return super().forward(x)
-        return input_conv2d(x, self.weight, self.bias, self.padding)
-
-
 class LeNet5(nn.Sequential):
     """LeNet-5 as published (see models.lenet5 for what is and is not the paper's).
 
@@ -147,7 +101,7 @@ class LeNet5(nn.Sequential):
 
     def __init__(self, num_classes: int = 10):
         super().__init__(
-            InputConv2d(1, 6, 5), ScaledTanh(),  # C1: (B, 6, 28, 28)
+            nn.Conv2d(1, 6, 5), ScaledTanh(),  # C1: (B, 6, 28, 28)
             Subsampling(6), ScaledTanh(),  # S2: (B, 6, 14, 14)
             PartialConv(), ScaledTanh(),  # C3: (B, 16, 10, 10)
             Subsampling(16), ScaledTanh(),  # S4: (B, 16, 5, 5)
@@ -162,7 +116,7 @@ class LeNet5(nn.Sequential):
         if self.layerwise:
             return super().forward(x)
         c1, _, s2, _, c3, _, s4, _, c5, _, _, f6, _, out = self
-        s = torch.sigmoid(input_conv2d(x, c1.weight * K, c1.bias * K))  # (B, 6, 28, 28)
+        s = torch.sigmoid(F.conv2d(x, c1.weight * K, c1.bias * K))  # (B, 6, 28, 28)
         s = self._subsample(s, s2)  # (B, 6, 14, 14)
         s = self._weighted(s, c3.dense_weight(), c3.bias, F.conv2d)  # (B, 16, 10, 10)
         s = self._subsample(s, s4)  # (B, 16, 5, 5)

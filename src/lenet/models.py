@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.layers import InputConv2d, LeNet5
+from lenet.layers import LeNet5
 
 # Mean and std of the MNIST training pixels in [0, 1]; the tutorials' Normalize((0.1307,), (0.3081,)).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -112,7 +112,7 @@ def _lenet_conv_c5(act: type[nn.Module], pool: type[nn.Module], num_classes: int
                    first_padding: int) -> nn.Module:
     """C1-S2-C3-S4 with a full-connection C3, then C5 as a 5x5 conv to 120, F6 84, out."""
     return nn.Sequential(
-        InputConv2d(1, 6, 5, padding=first_padding), act(), pool(2),  # (B, 6, 14, 14)
+        nn.Conv2d(1, 6, 5, padding=first_padding), act(), pool(2),  # (B, 6, 14, 14)
         nn.Conv2d(6, 16, 5), act(), pool(2),  # (B, 16, 5, 5)
         nn.Conv2d(16, 120, 5), act(),  # C5: (B, 120, 1, 1)
         nn.Flatten(),  # (B, 120)
@@ -138,7 +138,7 @@ def lenet5_tanh_avgpool(num_classes: int = 10) -> nn.Module:
 def lenet5_relu_maxpool(num_classes: int = 10) -> nn.Module:
     flat = 16 * _side(_side(_side(_side(32, 5), 2, stride=2), 5), 2, stride=2) ** 2  # 16*5*5
     return nn.Sequential(
-        InputConv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, 16, 5, 5)
         nn.Flatten(),  # (B, 400)
         nn.Linear(flat, 120), nn.ReLU(),
@@ -154,8 +154,7 @@ def lenet5_bn(num_classes: int = 10, c1: int = 6, c3: int = 16, c5: int = 120, f
     """LeNet-5's layout (widths adjustable, defaults as published) with BatchNorm + ReLU."""
 
     def conv_block(cin: int, cout: int) -> list[nn.Module]:
-        conv = InputConv2d if cin == 1 else nn.Conv2d  # the input layer gets the faster weight gradient
-        return [conv(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        return [nn.Conv2d(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
     return nn.Sequential(
         *conv_block(1, c1), nn.MaxPool2d(2),  # (B, c1, 14, 14)
@@ -182,7 +181,7 @@ def mlp(num_classes: int = 10, hidden: int = 784) -> nn.Module:
 def cnn_simple(num_classes: int = 10) -> nn.Module:
     side = _side(_side(28, 5), 2, stride=1)  # 24 after the conv, 23 after the pool
     return nn.Sequential(
-        InputConv2d(1, 10, 5), nn.ReLU(),  # (B, 10, 24, 24)
+        nn.Conv2d(1, 10, 5), nn.ReLU(),  # (B, 10, 24, 24)
         nn.MaxPool2d(2, stride=1),  # (B, 10, 23, 23)
         nn.Dropout(0.25),
         nn.Flatten(),  # (B, 5290)
