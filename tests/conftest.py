@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lenet.data import fetch
+from lenet.sources import fetch
 
 
 @pytest.fixture(scope="session")

@@ -22,3 +22,9 @@ def test_bench_command_json(mnist_root, capsys):
     assert main(["bench", "--json", "--root", str(mnist_root)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["train_images_per_second"] > 0 and result["eval_10k_seconds"] > 0
+    assert result["batch_size"] == 512
+
+
+def test_bench_refuses_a_bad_batch_size(capsys):
+    assert main(["bench", "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err

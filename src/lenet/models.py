@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.layers import LeNet5
+from lenet.layers import LeNet5, LeNet5BN
 
 # Mean and std of the MNIST training pixels in [0, 1]; the tutorials' Normalize((0.1307,), (0.3081,)).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -152,19 +152,7 @@ def lenet5_relu_maxpool(num_classes: int = 10) -> nn.Module:
 def lenet5_bn(num_classes: int = 10, c1: int = 6, c3: int = 16, c5: int = 120, f6: int = 84,
               dropout: float = 0.0) -> nn.Module:
     """LeNet-5's layout (widths adjustable, defaults as published) with BatchNorm + ReLU."""
-
-    def conv_block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    return nn.Sequential(
-        *conv_block(1, c1), nn.MaxPool2d(2),  # (B, c1, 14, 14)
-        *conv_block(c1, c3), nn.MaxPool2d(2),  # (B, c3, 5, 5)
-        *conv_block(c3, c5),  # C5: (B, c5, 1, 1)
-        nn.Flatten(),  # (B, c5)
-        nn.Linear(c5, f6, bias=False), nn.BatchNorm1d(f6), nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(f6, num_classes),
-    )
+    return LeNet5BN(num_classes, c1, c3, c5, f6, dropout)
 
 
 @register_model("mlp", input_size=28, description="tutorial baseline: 784 -> 784 -> 10, ReLU")

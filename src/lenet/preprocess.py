@@ -12,7 +12,8 @@ operations on an image first reduced to at most WORK_SIDE pixels:
   width brought into MNIST's range -> fit into 20x20 -> paste into 28x28 by centre of mass.
 
 Nothing found (a blank sheet, noise, a speck) gives `Preprocessed.image` None and a reason,
-never a guess.
+never a guess. The generic array operations it uses (robust statistics, Otsu, 3x3 filters,
+connected components) are in lenet.imageops.
 
 Used by:
     lenet predict photo.jpg scans/ [--save-input DIR]     # lenet.predict
@@ -32,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from lenet import imageops  # called as imageops.NAME: bbox, label, pad are also local names here
 from lenet.errors import LenetError
 
 MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs): 40 MP is a big phone photo
@@ -176,7 +178,7 @@ def to_gray(img: Image.Image) -> np.ndarray:
         if opaque.mean() < 0.5:  # few opaque pixels: they are the ink
             paper = 255.0 if float((lum * alpha).sum()) < 128 * float(alpha.sum()) else 0.0
         else:
-            paper = _median(lum[opaque])
+            paper = imageops.median(lum[opaque])
         return alpha * (lum - np.float32(paper)) + np.float32(paper)
     if factor > 1:
         img = img.reduce(factor)  # before the grey conversion: less to convert
@@ -201,7 +203,7 @@ def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = 
     # Contrast: the strong class (Otsu) of what stands out of the noise. Without Otsu, a
     # faint gradient left over on a big sheet would outvote a small digit.
     strong = smooth[smooth > max(4.0 * noise_s, 4.0)]
-    contrast = _median(strong[strong >= _otsu(strong)]) if strong.size >= 3 else 0.0
+    contrast = imageops.median(strong[strong >= imageops.otsu(strong)]) if strong.size >= 3 else 0.0
     if contrast < max(MIN_CONTRAST, 8.0 * noise_s):
         return nothing("no ink stands out from the paper", contrast)
     lines = _rulings(smooth, contrast) if digits else None
@@ -212,7 +214,7 @@ def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = 
     if kept is None:
         return nothing("only ruling lines or the desk", contrast)
     soft, (y0, x0) = _soft_crop(ink, mask, *kept, noise, digits)  # (h, w) in [0, 1], its offset
-    found = _bbox(soft)
+    found = imageops.bbox(soft)
     if found is None:
         return nothing("the ink is too faint", contrast)
     top, bottom, left, right = found
@@ -248,12 +250,12 @@ def _ink(gray: np.ndarray, digits: bool = True) -> tuple[np.ndarray, np.ndarray,
     """
     paper, dark = background(gray) if digits else border_background(gray)
     resid = gray - paper
-    paper_sample = (resid[::3, ::3] if gray.size > 9000 else resid) if digits else _frame(resid)
-    noise = max(_mad_sigma(paper_sample), 0.5)
+    paper_sample = (resid[::3, ::3] if gray.size > 9000 else resid) if digits else imageops.frame(resid)
+    noise = max(imageops.mad_sigma(paper_sample), 0.5)
     ink = np.maximum(-resid if dark else resid, 0.0)  # (H, W) >= 0
     if noise < 1.0 or (min(gray.shape) < 48 and noise < 3.0):  # a canvas, MNIST: nothing to smooth
         return ink, ink, dark, noise, noise
-    return ink, _box3(ink), dark, noise, max(noise / 2.0, 0.5)
+    return ink, imageops.box3(ink), dark, noise, max(noise / 2.0, 0.5)
 
 
 def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -267,18 +269,18 @@ def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """
     h, w = gray.shape
     factor = -(-max(h, w) // SMALL_SIDE)
-    small = _resize(gray, (max(1, w // factor), max(1, h // factor)))  # (h', w') area-averaged
+    small = imageops.resize(gray, (max(1, w // factor), max(1, h // factor)))  # (h', w') area-averaged
     values = small.ravel()
     terms = _poly_terms(*small.shape)  # (h'*w', 6)
-    sigma = _mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
-    inliers = np.abs(values - _median(values)) <= max(2.5 * sigma, 2.0)
+    sigma = imageops.mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
+    inliers = np.abs(values - imageops.median(values)) <= max(2.5 * sigma, 2.0)
     for _ in range(4):
         previous = inliers
         a = terms[inliers]  # (n, 6); normal equations: a 6x6 solve, 100x faster than lstsq here
         normal = (a.T @ a).astype(np.float64) + 1e-6 * np.eye(6)  # the ridge keeps 1-pixel images solvable
         coef = np.linalg.solve(normal, (a.T @ values[inliers]).astype(np.float64))
         resid = values - terms @ coef.astype(np.float32)
-        sigma = _mad_sigma(resid[inliers])
+        sigma = imageops.mad_sigma(resid[inliers])
         inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
         if np.array_equal(inliers, previous):  # converged (at once for a clean canvas)
             break
@@ -310,29 +312,8 @@ def border_background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     A garment may cover most of its photo, so the paper is not the majority: its level is
     the median of the image's outer frame (2 px), the object darker or lighter than that.
     """
-    level = _median(_frame(gray))
+    level = imageops.median(imageops.frame(gray))
     return np.full(gray.shape, level, dtype=np.float32), float(gray.mean()) <= level
-
-
-def _frame(a: np.ndarray, k: int = 2) -> np.ndarray:
-    """The pixels of the outer k-pixel frame of an image, flat."""
-    return np.concatenate([a[:k].ravel(), a[-k:].ravel(), a[:, :k].ravel(), a[:, -k:].ravel()])
-
-
-def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance."""
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < 1.0:  # one level: nothing to split
-        return lo
-    step = (hi - lo) / 64
-    hist = np.bincount(np.minimum(((values - lo) / step).astype(np.int64), 63), minlength=64)
-    edges = lo + step * np.arange(65)
-    centres = (edges[:-1] + edges[1:]) / 2
-    n0 = np.cumsum(hist)[:-1]  # pixels at or below each cut
-    n1 = hist.sum() - n0
-    s0 = np.cumsum(hist * centres)[:-1]
-    mean0, mean1 = s0 / np.maximum(n0, 1), (float(hist @ centres) - s0) / np.maximum(n1, 1)
-    return float(edges[1 + int(np.argmax(n0 * n1 * (mean0 - mean1) ** 2))])
 
 
 def _rulings(ink: np.ndarray, contrast: float) -> np.ndarray | None:
@@ -386,7 +367,7 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
     borders, or fills a corner: two adjacent borders and most of its box).
     """
     ys, xs = np.nonzero(mask)
-    ids, inv = np.unique(_label(ys, xs, mask.shape), return_inverse=True)
+    ids, inv = np.unique(imageops.label(ys, xs, mask.shape), return_inverse=True)
     n, h, w = len(ids), *mask.shape
     weight = np.bincount(inv, weights=mass[ys, xs], minlength=n)
     top, left = np.full(n, h), np.full(n, w)
@@ -414,33 +395,6 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def _label(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """8-connected components of the pixels (ys, xs) -> a component id per pixel.
-
-    Union-find on the pixel list, vectorised: every round hooks the larger root of each
-    edge under the smaller, then follows parents to the roots; a few rounds suffice.
-    """
-    n = len(ys)
-    index = np.full((shape[0] + 2, shape[1] + 2), -1)
-    index[ys + 1, xs + 1] = np.arange(n)
-    edges = []
-    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each neighbour pair once
-        other = index[ys + 1 + dy, xs + 1 + dx]
-        edges.append(np.stack([np.arange(n)[other >= 0], other[other >= 0]]))
-    u, v = np.concatenate(edges, axis=1)
-    parent = np.arange(n)
-    while True:
-        pu, pv = parent[u], parent[v]
-        if np.array_equal(pu, pv):
-            return parent
-        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
-        while True:
-            up = parent[parent]
-            if np.array_equal(up, parent):
-                break
-            parent = up
-
-
 def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, noise: float,
                digits: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """The kept components' box (+2 px) as soft ink in [0, 1] -> (array, (top, left) offset).
@@ -452,11 +406,11 @@ def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, n
     rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
     y0, x0 = max(rows[0] * cell - 2, 0), max(cols[0] * cell - 2, 0)
     y1, x1 = min((rows[-1] + 1) * cell + 2, mask.shape[0]), min((cols[-1] + 1) * cell + 2, mask.shape[1])
-    cells = _pad(np.repeat(np.repeat(keep, cell, 0), cell, 1), 2)  # cells back to pixels, +2 px margin
+    cells = imageops.pad(np.repeat(np.repeat(keep, cell, 0), cell, 1), 2)  # cells back to pixels, +2 px margin
     keep = cells[y0 + 2:y1 + 2, x0 + 2:x1 + 2] & mask[y0:y1, x0:x1]  # (h, w) the digit's ink pixels
-    near = _max_filter(keep.astype(np.float32), 1) > 0
+    near = imageops.max_filter(keep.astype(np.float32), 1) > 0
     ink = ink[y0:y1, x0:x1]
-    level = _quantile(ink[keep], 0.75 if digits else 0.99)
+    level = imageops.quantile(ink[keep], 0.75 if digits else 0.99)
     floor = 2.5 * noise if digits else 0.0
     soft = np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0)
     return np.where(near, soft, 0.0).astype(np.float32), (y0, x0)
@@ -472,9 +426,9 @@ def _normalise_strokes(crop: np.ndarray, box: int) -> tuple[np.ndarray, float, f
     target = _target_width(width)
     if abs(target - width) < 0.25 or width == 0:  # less than half a dilation step: leave it
         return crop, width, 0.0
-    big = _pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
+    big = imageops.pad(_fit(crop, 4 * box), 4 * 4)  # (<=4box+32, <=4box+32)
     big = _change_width(big, (target - width) * 4)
-    found = _bbox(big)
+    found = imageops.bbox(big)
     if found is None:
         return crop, width, 0.0
     top, bottom, left, right = found
@@ -497,7 +451,7 @@ def _stroke_width(v: np.ndarray) -> float:
     The outline's length is the total gradient magnitude (each crossing of a stroke edge
     adds 1, at any blur), measured with a 2 px black margin so edges on the crop count.
     """
-    gy, gx = np.gradient(_pad(v, 2))  # central differences: nearly isotropic on a staircase
+    gy, gx = np.gradient(imageops.pad(v, 2))  # central differences: nearly isotropic on a staircase
     edge = float(np.sqrt(gx * gx + gy * gy).sum())
     return 2.0 * float(v.sum()) / edge if edge > 0 else 0.0
 
@@ -511,16 +465,8 @@ def _change_width(v: np.ndarray, delta: float) -> np.ndarray:
     sign = 1.0 if delta > 0 else -1.0  # erosion is dilation of the negative
     out = sign * v
     for i in range(int(round(abs(delta) / 2))):  # each step adds a pixel on both sides
-        out = _max_filter(out, 1, cross=bool(i % 2))
+        out = imageops.max_filter(out, 1, cross=bool(i % 2))
     return sign * out
-
-
-def _bbox(v: np.ndarray, level: float = 0.02) -> tuple[int, int, int, int] | None:
-    """(top, bottom, left, right) of the pixels above level, or None."""
-    rows, cols = np.nonzero((v > level).any(1))[0], np.nonzero((v > level).any(0))[0]
-    if len(rows) == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _fit(v: np.ndarray, box: int) -> np.ndarray:
@@ -528,7 +474,7 @@ def _fit(v: np.ndarray, box: int) -> np.ndarray:
     h, w = v.shape
     scale = box / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.clip(_resize(v, size), 0.0, 1.0)
+    return np.clip(imageops.resize(v, size), 0.0, 1.0)
 
 
 def _place(digit: np.ndarray, center_by_mass: bool) -> np.ndarray:
@@ -544,66 +490,4 @@ def _place(digit: np.ndarray, center_by_mass: bool) -> np.ndarray:
     top, left = min(max(top, 0), OUT - h), min(max(left, 0), OUT - w)  # whole digit stays inside
     out = np.zeros((OUT, OUT), dtype=np.float32)
     out[top:top + h, left:left + w] = digit
-    return out
-
-
-def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32 -> size (w, h): area averaging when shrinking, bilinear when growing."""
-    if (arr.shape[1], arr.shape[0]) == size:
-        return arr
-    shrink = size[0] <= arr.shape[1] and size[1] <= arr.shape[0]
-    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(arr, "F").resize(size, method), dtype=np.float32)
-
-
-def _median(values: np.ndarray) -> float:
-    """Median by partial sort (upper median; O(n), unlike a full sort)."""
-    flat = values.ravel()
-    return float(np.partition(flat, flat.size // 2)[flat.size // 2]) if flat.size else 0.0
-
-
-def _quantile(values: np.ndarray, q: float) -> float:
-    """The q-quantile (0..1) by partial sort, nearest rank."""
-    flat = values.ravel()
-    k = min(int(q * flat.size), flat.size - 1)
-    return float(np.partition(flat, k)[k])
-
-
-def _mad_sigma(values: np.ndarray) -> float:
-    """Robust standard deviation (1.4826 x median absolute deviation)."""
-    return 1.4826 * _median(np.abs(values - _median(values)))
-
-
-def _box3(x: np.ndarray) -> np.ndarray:
-    """3x3 mean, edges replicated: (H, W) -> (H, W)."""
-    p = _pad(x, 1)
-    p[0], p[-1], p[:, 0], p[:, -1] = p[1], p[-2], p[:, 1], p[:, -2]  # replicate the edges
-    rows = p[:-2] + p[1:-1] + p[2:]  # (H, W+2)
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1 / 9)
-
-
-def _pad(x: np.ndarray, r: int, value: float = 0) -> np.ndarray:
-    """x with an r-pixel frame of `value` (np.pad's work for the one case needed, 5x faster)."""
-    out = np.full((x.shape[0] + 2 * r, x.shape[1] + 2 * r), value, dtype=x.dtype)
-    out[r:r + x.shape[0], r:r + x.shape[1]] = x
-    return out
-
-
-def _max_filter(x: np.ndarray, radius: int, cross: bool = False) -> np.ndarray:
-    """Grey dilation by a (2r+1)-square, or by a 3x3 cross: (H, W) -> (H, W).
-
-    Numpy shifts, not torch: torch's thread pool is slower than this for such small
-    images, the more so on a busy machine.
-    """
-    h, w = x.shape
-    p = _pad(x, radius, float(x.min()) if x.size else 0.0)
-    if cross:  # radius 1: centre, up, down, left, right
-        out = np.maximum(p[:-2, 1:-1], p[2:, 1:-1])
-        return np.maximum(np.maximum(out, p[1:-1, :-2]), np.maximum(p[1:-1, 2:], x))
-    rows = p[: h].copy()  # (H, W+2r): max over the 2r+1 rows
-    for i in range(1, 2 * radius + 1):
-        np.maximum(rows, p[i:i + h], out=rows)
-    out = rows[:, :w].copy()
-    for i in range(1, 2 * radius + 1):
-        np.maximum(out, rows[:, i:i + w], out=out)
     return out
