@@ -11,8 +11,12 @@ fewer, cheaper passes over memory (profiled on a 2-core CPU, batch 512):
 - Subsampling (2x2 sum x coefficient + bias) is one depthwise stride-2 convolution instead
   of pool, multiply, add: about 2x faster forward and backward in channels-last.
 
-Each fast path is the same function to float rounding, and tests/test_layers.py checks outputs
-and gradients against the layer-by-layer definition (`LeNet5.layerwise = True`).
+`LeNet5BN` (lenet5-bn) max-pools its first two blocks before batch norm and ReLU instead of
+after (`normalise_relu_pool`): both are monotone per channel, so the result is the same and
+the elementwise work is a quarter.
+
+Each fast path is the same function to float rounding, and tests/test_layers.py checks outputs,
+gradients and running statistics against the layer-by-layer run (`layerwise = True`).
 """
 
 from __future__ import annotations
