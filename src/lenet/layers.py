@@ -140,6 +140,28 @@ class LeNet5(nn.Sequential):
         return torch.sigmoid(op(s, weight * (2 * A * K), (bias - A * ones) * K))
 
 
+class _BatchStats(torch.autograd.Function):
+    """Per-channel biased variance and mean of (B, C, H, W), with a one-pass backward.
+
+    torch.var_mean's own backward takes about five passes over the (large) input; this one is a
+    single addcmul: d/dz = (2 g_var / N) z + (g_mean / N - (2 g_var / N) mean), N = B*H*W.
+    """
+
+    @staticmethod
+    def forward(ctx, z):
+        var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=0)  # (C,), (C,)
+        ctx.save_for_backward(z, mean)
+        return var, mean
+
+    @staticmethod
+    def backward(ctx, grad_var, grad_mean):
+        z, mean = ctx.saved_tensors
+        n = z.numel() / z.shape[1]
+        coef = grad_var * (2.0 / n)  # (C,)
+        const = grad_mean / n - coef * mean
+        return torch.addcmul(const.view(1, -1, 1, 1), z, coef.view(1, -1, 1, 1))
+
+
 def normalise_relu_pool(z: torch.Tensor, bn: nn.BatchNorm2d, pool: nn.MaxPool2d) -> torch.Tensor:
     """pool(relu(bn(z))) computed as relu(bn(pool(z))): the same function, 4x less elementwise work.
 
@@ -148,7 +170,7 @@ def normalise_relu_pool(z: torch.Tensor, bn: nn.BatchNorm2d, pool: nn.MaxPool2d)
     max becomes a min (pooled as -pool(-z)). Running statistics are updated as BatchNorm2d does.
     """
     if bn.training:
-        var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=0)  # (C,), (C,): biased, as BN normalises
+        var, mean = _BatchStats.apply(z)  # (C,), (C,): biased, as BN normalises
         with torch.no_grad():
             bn.num_batches_tracked += 1
             momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.item()
