@@ -34,6 +34,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/fast_paths.py
 	$(PY) benchmarks/preprocess_speed.py
 	$(PY) benchmarks/realistic_digits.py
 

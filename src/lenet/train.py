@@ -62,7 +62,7 @@ def evaluate(model: nn.Module, spec: ModelSpec, images: torch.Tensor, labels: to
     preds, loss_sum = [], 0.0
     with torch.inference_mode():  # no autograd graph: about 3x faster than with gradients on
         for start in range(0, len(images), batch_size):
-            x = prepare_input(images[start:start + batch_size], spec).to(device)  # (b, 1, S, S)
+            x = prepare_input(images[start:start + batch_size], spec).to(device, memory_format=torch.channels_last)  # (b, 1, S, S)
             y = labels[start:start + batch_size].to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
