@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from playwright.sync_api import expect
 
 from lenet.checkpoint import save_checkpoint
 from lenet.models import create_model
@@ -136,7 +137,7 @@ def drop_file(page, name: str, data: bytes, mime: str) -> None:
 
 
 def wait_for_guess(page, text: str) -> None:
-    page.wait_for_function("t => document.getElementById('top').textContent === t", arg=text, timeout=15_000)
+    expect(page.locator("#top")).to_have_text(text, timeout=15_000)
 
 
 def canvas_is_blank(page) -> bool:
@@ -178,7 +179,7 @@ def test_draw_upload_drop_and_clear(server_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 760})
     console = Console(page)
     page.goto(server_url)
-    page.wait_for_function("document.querySelectorAll('#bars li').length === 10")
+    expect(page.locator("#bars li")).to_have_count(10, timeout=15_000)
     assert page.locator("#top").text_content() == "?"
 
     draw_with_mouse(page, SEVEN)
@@ -225,7 +226,7 @@ def test_phone_finger_drawing_and_keyboard_reach(server_url, browser, tmp_path):
     page = context.new_page()
     console = Console(page)
     page.goto(server_url)
-    page.wait_for_function("document.querySelectorAll('#bars li').length === 10")
+    expect(page.locator("#bars li")).to_have_count(10, timeout=15_000)
     # Nothing sticks out sideways on a phone.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
@@ -263,12 +264,12 @@ def test_model_selector_switches_classes(browser, tmp_path):
         page = browser.new_page(viewport={"width": 1100, "height": 760})
         console = Console(page)
         page.goto(url)
-        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        expect(page.locator("#model option")).to_have_count(2, timeout=15_000)
         assert page.locator("#model-picker").is_visible()
         page.select_option("#model", "clothes")
         assert [label for label, _, _ in bars(page)] == names
         draw_with_mouse(page, SEVEN)
-        page.wait_for_function("document.getElementById('top').textContent !== '?'", timeout=15_000)
+        expect(page.locator("#top")).not_to_have_text("?", timeout=15_000)
         assert page.locator("#top").text_content() in names
         assert len([1 for _, _, best in bars(page) if best]) == 1
         page.wait_for_timeout(200)
