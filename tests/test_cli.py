@@ -40,6 +40,15 @@ def test_summary_json_shapes(capsys):
     assert [1, 6, 28, 28] in shapes and [1, 16, 5, 5] in shapes and shapes[-1] == [1, 10]
 
 
+@pytest.mark.parametrize("name, layers", [("lenet5", 14), ("lenet5-bn", 17)])
+def test_summary_lists_every_layer_of_the_fast_forward_models(name, layers, capsys):
+    """Their fast `forward` skips the modules; the summary must still see each one."""
+    assert main(["summary", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["layers"]) == layers
+    assert sum(layer["parameters"] for layer in info["layers"]) == info["parameters"]
+
+
 def test_summary_text(capsys):
     assert main(["summary", "lenet5"]) == 0
     assert "Total params: 60,850" in capsys.readouterr().out

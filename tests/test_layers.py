@@ -98,3 +98,17 @@ def test_lenet5_bn_pooled_blocks_match_layer_by_layer(negative_gamma):
     fast.eval(), reference.eval()
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_lenet5_bn_min_pooled_channel_keeps_the_model_dtype():
+    """A negative gamma must not turn a bfloat16 model's activations into float32."""
+    torch.manual_seed(0)
+    model = LeNet5BN().eval().to(torch.bfloat16)
+    with torch.no_grad():
+        model[1].weight[0] = -1.0
+    x = torch.randn(2, 1, 32, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        fast = model(x)
+        model.layerwise = True
+        torch.testing.assert_close(fast, model(x), rtol=0.05, atol=0.05)
+    assert fast.dtype == torch.bfloat16

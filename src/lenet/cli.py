@@ -72,7 +72,6 @@ def cmd_models(args) -> int:
 def cmd_summary(args) -> int:
     from torchinfo import summary
 
-    from lenet.layers import LeNet5
     from lenet.models import count_parameters, create_model, get_spec
 
     try:
@@ -80,8 +79,8 @@ def cmd_summary(args) -> int:
     except KeyError as exc:
         raise LenetError(exc.args[0]) from None
     model = create_model(args.model)
-    if isinstance(model, LeNet5):
-        model.layerwise = True  # run the modules one by one, so torchinfo sees every layer
+    if hasattr(model, "layerwise"):
+        model.layerwise = True  # LeNet5, LeNet5BN: run the modules one by one, so torchinfo sees every layer
     stats = summary(model, input_size=(1, 1, spec.input_size, spec.input_size), verbose=0,
                     col_names=("output_size", "num_params"), depth=3)
     if args.json:

@@ -169,6 +169,8 @@ def normalise_relu_pool(z: torch.Tensor, bn: nn.BatchNorm2d, pool: nn.MaxPool2d)
     ReLU is monotone, so max-pooling commutes with both when a > 0; for a channel with a < 0 the
     max becomes a min (pooled as -pool(-z)). Running statistics are updated as BatchNorm2d does.
     """
+    if bn.running_mean is None:  # track_running_stats=False: not a case our models build
+        return pool(torch.relu(bn(z)))
     if bn.training:
         var, mean = _BatchStats.apply(z)  # (C,), (C,): biased, as BN normalises
         with torch.no_grad():
@@ -182,7 +184,7 @@ def normalise_relu_pool(z: torch.Tensor, bn: nn.BatchNorm2d, pool: nn.MaxPool2d)
     scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C,)
     shift = bn.bias - mean * scale
     if bool((scale < 0).any()):
-        sign = torch.where(scale < 0, -1.0, 1.0).view(1, -1, 1, 1)
+        sign = torch.where(scale < 0, -torch.ones_like(scale), torch.ones_like(scale)).view(1, -1, 1, 1)  # z's dtype
         pooled = pool(z * sign) * sign
     else:
         pooled = pool(z)
@@ -194,6 +196,9 @@ class LeNet5BN(nn.Sequential):
 
     Its `forward` runs the two pooled blocks through `normalise_relu_pool` (same function,
     tested against the layer-by-layer run, which `layerwise = True` and ONNX export use).
+    Known limits of the fast path: forward hooks on the submodules do not run; torch.compile
+    breaks the graph at each block's sign check; where a gamma is exactly 0, its gradient is
+    the one-sided limit, not the layer-by-layer run's tie-breaking choice.
     """
 
     def __init__(self, num_classes: int = 10, c1: int = 6, c3: int = 16, c5: int = 120, f6: int = 84,
