@@ -11,32 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections import defaultdict
 
 import torch
 
-from lenet.config import TrainConfig
+from lenet.bench import eval_seconds, train_epoch_rate
 from lenet.data import default_root, load_dataset
-from lenet.train import Run, evaluate
 
 CASES = {"lenet5": 128, "lenet5-bn": 256}  # each model at its preset's batch size (paper, quick)
-
-
-def epoch_rate(model_name: str, batch_size: int, layerwise: bool, data) -> float:
-    cfg = TrainConfig(model=model_name, augment=False, batch_size=batch_size, epochs=1, out="")
-    run = Run(cfg, data, torch.device("cpu"))
-    run.model.layerwise = layerwise
-    return run.train_epoch(run.make_step(), progress=False)["images_per_second"]
-
-
-def eval_seconds(model_name: str, layerwise: bool, data) -> float:
-    run = Run(TrainConfig(model=model_name, out=""), data, torch.device("cpu"))
-    run.model.layerwise = layerwise
-    evaluate(run.model, run.spec, data.test_images[:500], data.test_labels[:500])  # warm-up
-    start = time.perf_counter()
-    evaluate(run.model, run.spec, data.test_images, data.test_labels)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -51,8 +33,8 @@ def main() -> None:
             order = (True, False) if repeat % 2 == 0 else (False, True)  # alternate who goes first
             for layerwise in order:
                 key = f"{name}_{'layerwise' if layerwise else 'fast'}"
-                results[f"{key}_images_per_second"].append(epoch_rate(name, batch, layerwise, data))
-                results[f"{key}_eval_10k_seconds"].append(eval_seconds(name, layerwise, data))
+                results[f"{key}_images_per_second"].append(train_epoch_rate(name, data, False, batch, layerwise)[0])
+                results[f"{key}_eval_10k_seconds"].append(eval_seconds(name, data, layerwise))
     med = {k: statistics.median(v) for k, v in results.items()}
     summary = {"threads": torch.get_num_threads(), "repeats": args.repeats,
                **{k: round(v, 3 if "seconds" in k else 0) for k, v in med.items()}}

@@ -23,17 +23,21 @@ from lenet.models import create_model, get_spec
 from lenet.train import Run, evaluate
 
 
-def train_epoch_rate(model_name: str, data: Dataset, augment: bool, batch_size: int = 128) -> tuple[float, float]:
-    """(images/s, seconds) of one full training epoch of our trainer (nothing is written)."""
+def train_epoch_rate(model_name: str, data: Dataset, augment: bool, batch_size: int = 128,
+                     layerwise: bool = False) -> tuple[float, float]:
+    """(images/s, seconds) of one full training epoch of our trainer (nothing is written).
+    `layerwise` runs LeNet5/LeNet5BN module by module instead of through their fast forward."""
     cfg = TrainConfig(model=model_name, augment=augment, batch_size=batch_size, epochs=1, out="")
     run = Run(cfg, data, torch.device("cpu"))
+    run.model.layerwise = layerwise  # only LeNet5/LeNet5BN read it
     row = run.train_epoch(run.make_step(), progress=False)
     return row["images_per_second"], row["seconds"]
 
 
-def eval_seconds(model_name: str, data: Dataset) -> float:
+def eval_seconds(model_name: str, data: Dataset, layerwise: bool = False) -> float:
     """Seconds to evaluate the whole test set (after one warm-up batch)."""
     model = create_model(model_name).to(memory_format=torch.channels_last)
+    model.layerwise = layerwise  # only LeNet5/LeNet5BN read it
     spec = get_spec(model_name)
     evaluate(model, spec, data.test_images[:500], data.test_labels[:500])
     start = time.perf_counter()

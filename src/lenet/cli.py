@@ -48,7 +48,10 @@ def emit_json(value: Any) -> None:
 
 def show(args, value: Any, text: str) -> int:
     """The command's result: `value` as JSON with --json, else the human-readable `text`."""
-    print(json.dumps(value) if args.json else text)
+    if args.json:
+        emit_json(value)
+    else:
+        print(text)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
 from lenet.errors import LenetError
