@@ -1,5 +1,5 @@
 """What lenet.layers' fast forward paths buy: training images/s of the same model run layer by
-layer (`layerwise = True`, the plain nn.Sequential) and through its fast `forward`, interleaved in
+layer (`lenet.layers.layer_by_layer`, the plain nn.Sequential) and through its fast `forward`, interleaved in
 one process so a noisy neighbour hits both alike; and the 10,000-image evaluation both ways.
 
     python benchmarks/fast_paths.py                      # lenet5 (batch 128) and lenet5-bn (batch 256)

@@ -14,8 +14,15 @@ Four categories, each balanced over the ten digits, deterministic for a seed:
                  sometimes bilevel, sometimes upscaled again, JPEG
   light-on-dark  chalk on a blackboard, dark-mode notes: light ink on dark paper
 
+  tight          cropped tightly: the ink touches 1..4 edges; sometimes an enlarged close-up
+  scans-6-10px   digits 6..10 px high (11..16 px: scans-11-16px), enlarged 3..8x by a viewer
+                 with any filter (nearest, bilinear, bicubic, Lanczos)
+
 Prints, per category, the accuracy of our preprocessing and of the tutorials' bare
-"resize to 28x28 and invert" with the same model, and how many were "no digit found".
+"resize to 28x28 and invert" with the same model, how many were "no digit found" and how
+many refused (status not_a_digit or no_digit). Then generated non-digits (the share flagged:
+any status but ok) and numbers of 2..8 MNIST test digits (whole numbers read right, apart
+and touching; MNIST is fetched through lenet's offline chain).
 With fewer fonts installed it says so and uses what it finds (matplotlib's DejaVu at least):
 
     apt-get install fonts-bwht fonts-comic-neue fonts-dancingscript fonts-kaushanscript \
@@ -34,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-CATEGORIES = ("fonts", "canvas", "scans", "light-on-dark")
+CATEGORIES = ("fonts", "canvas", "scans", "light-on-dark", "tight", "scans-6-10px", "scans-11-16px")
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))
 # Debian package -> font files whose digits look handwritten (outlined and hatched
 # fonts such as fonts-cabinsketch, fonts-femkeklaver, fonts-ecolier-court left out).
@@ -294,7 +301,64 @@ def make_light_on_dark(rng, digit, fonts) -> bytes:
     return _jpeg(img, int(rng.integers(40, 96)))
 
 
-MAKERS = {"fonts": make_fonts, "canvas": make_canvas, "scans": make_scans, "light-on-dark": make_light_on_dark}
+def _digit_mask(rng, digit, fonts, px: int) -> Image.Image:
+    """A font or a canvas-stroke digit (255 = ink), cropped to its ink."""
+    if rng.random() < 0.6:
+        mask = font_mask(rng, digit, fonts, px=px)
+    else:
+        mask = stroke_mask(rng, digit, 200, pen=200 * rng.uniform(0.05, 0.1))
+    return mask.crop(mask.getbbox() or (0, 0, mask.width, mask.height))
+
+
+def make_tight(rng, digit, fonts) -> bytes:
+    """Cropped tightly around the digit: its ink touches 1..4 edges; dark on light or light
+    on dark, sometimes enlarged and blurred (a close-up), JPEG or PNG."""
+    mask = _digit_mask(rng, digit, fonts, px=int(rng.integers(48, 140)))
+    m = np.asarray(mask, np.float32) / 255.0
+    h, w = m.shape
+    touching = int(rng.integers(1, 5))  # this many edges keep no margin
+    margins = [0] * touching + [int(rng.integers(2, max(3, h // 4))) for _ in range(4 - touching)]
+    rng.shuffle(margins)
+    top, bottom, left, right = margins
+    m = np.pad(m, ((top, bottom), (left, right)))
+    dark = rng.random() < 0.75
+    paper, ink = (rng.uniform(200, 255), rng.uniform(0, 70)) if dark else (rng.uniform(0, 60), rng.uniform(190, 255))
+    img = Image.fromarray(np.clip(paper * (1 - m) + ink * m + rng.normal(0, rng.uniform(0, 5), m.shape), 0, 255)
+                          .astype(np.uint8), "L")
+    if rng.random() < 0.4:
+        k = rng.uniform(2, 4)
+        img = img.resize((int(img.width * k), int(img.height * k)), Image.Resampling.BICUBIC)
+    return _jpeg(img, int(rng.integers(60, 95))) if rng.random() < 0.5 else _png(img)
+
+
+def _small_scan(rng, digit, fonts, lo: int, hi: int) -> bytes:
+    """A digit lo..hi px high, scanned with a small margin, then enlarged 3..8x by a viewer
+    with any filter."""
+    mask = _digit_mask(rng, digit, fonts, px=int(rng.integers(48, 120)))
+    dh = int(rng.integers(lo, hi + 1))
+    dw = max(1, round(mask.width * dh / mask.height))
+    small = np.asarray(mask.resize((dw, dh), Image.Resampling.BOX), np.float32) / 255.0
+    pad = int(rng.integers(0, 3))
+    small = np.pad(small, pad)
+    paper, ink = rng.uniform(200, 250), rng.uniform(10, 80)
+    img = Image.fromarray(np.clip(paper * (1 - small) + ink * small + rng.normal(0, rng.uniform(0, 4), small.shape),
+                                  0, 255).astype(np.uint8), "L")
+    k = int(rng.integers(3, 9))
+    filt = [Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
+            Image.Resampling.LANCZOS][int(rng.integers(4))]
+    return _png(img.resize((img.width * k, img.height * k), filt))
+
+
+def make_scans_small(rng, digit, fonts) -> bytes:
+    return _small_scan(rng, digit, fonts, 6, 10)
+
+
+def make_scans_medium(rng, digit, fonts) -> bytes:
+    return _small_scan(rng, digit, fonts, 11, 16)
+
+
+MAKERS = {"fonts": make_fonts, "canvas": make_canvas, "scans": make_scans, "light-on-dark": make_light_on_dark,
+          "tight": make_tight, "scans-6-10px": make_scans_small, "scans-11-16px": make_scans_medium}
 
 
 def generate(category: str, n: int, seed: int = 0, fonts: list[Path] | None = None) -> tuple[list[bytes], list[int]]:
@@ -322,10 +386,11 @@ def measure(predictor, images: list[bytes], labels: list[int]) -> dict:
     ours = predictor.predict_images(decoded, top_k=1)
     ours_ok = sum(r["prediction"] == y for r, y in zip(ours, labels))
     blanks = sum(r["prediction"] is None for r in ours)
+    refused = sum(r["status"] in ("not_a_digit", "no_digit") for r in ours)
     base = predictor.probabilities(torch.stack([tutorial_input(img) for img in decoded])).argmax(1)
     base_ok = int((base == torch.tensor(labels)).sum())
     return {"n": len(labels), "ours": ours_ok / len(labels), "baseline": base_ok / len(labels),
-            "no_digit": blanks, "wrong": [i for i, (r, y) in enumerate(zip(ours, labels)) if r["prediction"] != y]}
+            "no_digit": blanks, "refused": refused, "wrong": [i for i, (r, y) in enumerate(zip(ours, labels)) if r["prediction"] != y]}
 
 
 def save_grid(path: str, rows: dict[str, list[bytes]], predictor, per_row: int = 10) -> None:
@@ -349,6 +414,40 @@ def save_grid(path: str, rows: dict[str, list[bytes]], predictor, per_row: int =
     grid.save(path)
 
 
+def print_nondigits(predictor, n: int, seed: int) -> None:
+    """Generated non-digits (lenet.synthetic, seeds the calibration never used): how many
+    are flagged (any status but ok), and by which status."""
+    from lenet.synthetic import nondigits
+
+    images, kinds = nondigits(n, seed)
+    results = predictor.predict_images(images, top_k=1)
+    statuses = [r["status"] for r in results]
+    flagged = sum(s != "ok" for s in statuses) / len(statuses)
+    counts = ", ".join(f"{s} {statuses.count(s)}" for s in ("not_a_digit", "unsure", "no_digit", "ok"))
+    worst = min(set(kinds), key=lambda k: sum(s != "ok" for s, kk in zip(statuses, kinds) if kk == k))
+    per_kind = sum(s != "ok" for s, k in zip(statuses, kinds) if k == worst) / kinds.count(worst)
+    print(f"{'non-digits':<15}{len(images):>6}  flagged {flagged:.1%} ({counts}; least flagged: {worst} {per_kind:.0%})")
+
+
+def print_numbers(predictor, n: int, seed: int, root) -> None:
+    """Numbers of 2..8 MNIST *test* digits (lenet.synthetic.compose_number): whole-number
+    accuracy with every digit apart, and with every neighbour pair touching."""
+    from lenet.data import load_dataset
+    from lenet.synthetic import compose_number
+
+    data = load_dataset("mnist", root)
+    images, labels = data.test_images.numpy(), data.test_labels.numpy()
+    for touching in (False, True):
+        rng = np.random.default_rng([seed, 7, touching])
+        right = 0
+        for _ in range(n):
+            idx = rng.integers(0, len(labels), int(rng.integers(2, 9)))
+            result = predictor.predict_number(compose_number([images[i] for i in idx], rng, touching))
+            right += result["number"] == "".join(str(labels[i]) for i in idx)
+        name = "numbers, touch" if touching else "numbers, apart"
+        print(f"{name:<15}{n:>6}  whole numbers right {right / n:.1%}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="model file or embedded name (default: mnist)")
@@ -356,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
     parser.add_argument("--grid", help="also save a PNG: sample images and what the model saw")
+    parser.add_argument("--no-extras", action="store_true", help="digit categories only (no non-digits, no numbers)")
+    parser.add_argument("--data-root", help="where MNIST is (for the numbers; default: lenet's data root)")
     args = parser.parse_args(argv)
 
     from lenet.predict import Predictor
@@ -366,20 +467,25 @@ def main(argv: list[str] | None = None) -> int:
                                           if families else " (no handwriting fonts installed: DejaVu only)"))
     predictor = Predictor(args.checkpoint)
     print(f"model: {predictor.meta['path']} ({predictor.model_name}, {predictor.dataset})")
-    print(f"{'category':<15}{'n':>6}{'ours':>9}{'baseline':>10}{'no digit':>10}")
-    total = {"n": 0, "ours": 0.0, "baseline": 0.0, "no_digit": 0}
+    print(f"{'category':<15}{'n':>6}{'ours':>9}{'baseline':>10}{'no digit':>10}{'refused':>9}")
+    total = {"n": 0, "ours": 0.0, "baseline": 0.0, "no_digit": 0, "refused": 0}
     samples = {}
     for category in args.categories:
         images, labels = generate(category, args.n, args.seed, fonts)
         samples[category] = images
         m = measure(predictor, images, labels)
-        print(f"{category:<15}{m['n']:>6}{m['ours']:>9.1%}{m['baseline']:>10.1%}{m['no_digit']:>10}", flush=True)
-        total["n"] += m["n"]
+        print(f"{category:<15}{m['n']:>6}{m['ours']:>9.1%}{m['baseline']:>10.1%}{m['no_digit']:>10}"
+              f"{m['refused'] / m['n']:>9.1%}", flush=True)
+        for key in ("n", "no_digit", "refused"):
+            total[key] += m[key]
         total["ours"] += m["ours"] * m["n"]
         total["baseline"] += m["baseline"] * m["n"]
-        total["no_digit"] += m["no_digit"]
     n = total["n"]
-    print(f"{'all':<15}{n:>6}{total['ours'] / n:>9.1%}{total['baseline'] / n:>10.1%}{total['no_digit']:>10}")
+    print(f"{'all digits':<15}{n:>6}{total['ours'] / n:>9.1%}{total['baseline'] / n:>10.1%}{total['no_digit']:>10}"
+          f"{total['refused'] / n:>9.1%}")
+    if not args.no_extras:
+        print_nondigits(predictor, args.n, args.seed)
+        print_numbers(predictor, args.n, args.seed, args.data_root)
     if args.grid:
         save_grid(args.grid, samples, predictor)
         print(f"wrote {args.grid}")

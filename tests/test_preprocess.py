@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 import struct
 import zlib
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from lenet.errors import LenetError
-from lenet.preprocess import (BOX, MAX_PIXELS, NO_DIGIT, OUT, Preprocessed, background, open_image,
+from lenet.preprocess import (BOX, DIGITS, MAX_PIXELS, NO_DIGIT, OBJECTS, OUT, Preprocessed, background, open_image,
                               preprocess, to_gray, to_png)
 
 SEVEN = [(0.2, 0.15), (0.8, 0.15), (0.45, 0.9)]  # a "7" as a polyline in a unit box
@@ -161,7 +162,7 @@ def test_off_centre_digit_ends_up_centred_by_mass():
 
 
 def test_centre_by_box_when_asked():
-    a = seen(draw(), center_by_mass=False)
+    a = seen(draw(), mode=replace(DIGITS, center_by_mass=False))
     rows, cols = np.nonzero(a.any(1))[0], np.nonzero(a.any(0))[0]
     assert abs((rows[0] + rows[-1]) / 2 - 13.5) <= 1 and abs((cols[0] + cols[-1]) / 2 - 13.5) <= 1
 
@@ -170,7 +171,7 @@ def test_non_digit_mode_fills_28_and_keeps_grey_levels():
     img = Image.new("L", (120, 100), 255)
     ImageDraw.Draw(img).rectangle((20, 10, 99, 89), fill=128)  # a mid-grey square "garment"
     ImageDraw.Draw(img).rectangle((40, 30, 79, 69), fill=0)
-    out = preprocess(img, center_by_mass=False, digits=False)
+    out = preprocess(img, OBJECTS)
     a = out.image[0].numpy()
     assert box_of(a, 0.05) == (OUT, OUT)
     assert 0.3 < a[3, 3] < 0.7 and a[14, 14] == pytest.approx(1.0, abs=0.05)  # grey stays grey
@@ -278,13 +279,29 @@ def test_big_jpeg_is_decoded_small_but_still_read_right():
     assert similar(seen(img), seen(draw(size=(400, 300)))) > 0.97
 
 
-def test_exif_rotation_is_applied():
-    upright = draw(size=(300, 200), mode="RGB")
-    rotated = upright.rotate(90, expand=True)  # stored turned; EXIF says turn it back
+# How a camera stores an upright scene for each EXIF orientation, from the EXIF spec (where the
+# stored 0th row and column appear when viewed): 6 is "0th row on the right", a phone turned
+# clockwise, so the stored picture is the scene turned 90 degrees counter-clockwise (PIL's ROTATE_90).
+STORED_FOR_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+                          8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_FOR_ORIENTATION))
+def test_exif_orientation_turns_the_picture_the_right_way(orientation):
+    """Size alone cannot tell 90 degrees from 270 (or a flip from none): two marked corners can."""
+    upright = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(upright).rectangle((0, 0, 79, 59), fill="black")  # top-left corner: black
+    ImageDraw.Draw(upright).rectangle((220, 0, 299, 59), fill=(128, 128, 128))  # top-right: grey
     exif = Image.Exif()
-    exif[0x0112] = 8  # orientation: rotate 90 CW to view
-    img = open_image(png_bytes(rotated, "JPEG", exif=exif.tobytes(), quality=95))
+    exif[0x0112] = orientation
+    stored = upright.transpose(STORED_FOR_ORIENTATION[orientation])
+    img = open_image(png_bytes(stored, "JPEG", exif=exif.tobytes(), quality=95))
     assert img.size == upright.size
+    got = np.asarray(img.convert("L"), dtype=np.float32)
+    corners = [got[5:55, 5:75].mean(), got[5:55, -75:-5].mean(), got[-55:-5, 5:75].mean(), got[-55:-5, -75:-5].mean()]
+    assert corners[0] < 30 and 100 < corners[1] < 160 and min(corners[2:]) > 225, corners
 
 
 def test_missing_file_and_directory(tmp_path):

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -33,13 +34,18 @@ from lenet.models import create_model
 from lenet.serve import create_app, serve_command
 from lenet.serve.app import MAX_WAITING, MAX_WORKERS, worker_count
 from lenet.serve.batcher import Batcher
-from lenet.serve.inference import load_models, model_name
-from lenet.serve.server import LIMIT_CONCURRENCY, bind_socket, make_server, url_of
+from lenet.serve.inference import Job, load_models, model_name, run_batch
+from lenet.synthetic import compose_number
+from lenet.trust import STATUSES
+from lenet.serve.protocol import ConnectionLimits
+from lenet.serve.server import bind_socket, make_server, url_of
 
 with warnings.catch_warnings():  # Starlette 1.x: its test client will move to `httpx2`
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
+# The app answers to loopback names only: not to the test client's default, "testserver".
+LOCAL = "http://localhost"
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
 
@@ -94,7 +100,7 @@ def app(checkpoints):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -162,6 +168,115 @@ def test_blank_canvas_is_no_digit_found(client):
     body = post_image(client, blank_png(), params="?include_input=true").json()
     assert body["prediction"] is None and body["name"] == "no digit found"
     assert body["probabilities"] is None and body["input_png"] is None
+    assert body["status"] == "no_digit" and body["between"] is None and "box" not in body
+
+
+@pytest.mark.parametrize("model", ["digits", "clothes"])
+def test_every_answer_says_how_sure_it_is(client, model):
+    """status, between (the two classes of an unsure answer) and the ink's box, as lenet predict gives them."""
+    for kind in ("seven", "one", "zero"):
+        body = post_image(client, encode(drawing(kind)), params=f"?model={model}").json()
+        assert body["status"] in STATUSES and body["status"] != "no_digit"
+        if body["status"] == "unsure":  # random weights: often
+            assert len(body["between"]) == 2 and body["between"][0] == body["prediction"]
+            assert all(0 <= i < 10 for i in body["between"])
+        else:
+            assert body["between"] is None
+        x0, y0, x1, y1 = body["box"]
+        assert 0 <= x0 < x1 <= 280 and 0 <= y0 < y1 <= 280
+
+
+# ---------- ?number=true: a whole number ----------
+
+MNIST_LIKE = {  # a digit as MNIST has it: white strokes on black, in the middle 20x20 of 28x28
+    "0": lambda d: d.ellipse([8, 4, 20, 24], outline=255, width=3),
+    "1": lambda d: d.line([(14, 4), (14, 24)], fill=255, width=3),
+    "4": lambda d: (d.line([(17, 4), (7, 17), (22, 17)], fill=255, width=3),
+                    d.line([(18, 10), (18, 24)], fill=255, width=3)),
+    "7": lambda d: d.line([(7, 5), (21, 5), (12, 24)], fill=255, width=3, joint="curve"),
+}
+
+
+def number_png(text: str, seed: int = 0) -> bytes:
+    """A handwritten-looking number: MNIST-like digits drawn with PIL, put side by side on
+    paper with random gaps, sizes and baselines (lenet.synthetic.compose_number)."""
+    digits = []
+    for c in text:
+        img = Image.new("L", (28, 28), 0)
+        MNIST_LIKE[c](ImageDraw.Draw(img))
+        digits.append(np.asarray(img))
+    return encode(compose_number(digits, np.random.default_rng(seed)))
+
+
+def assert_number_object(body: dict, model: str, n: int, width: int) -> None:
+    assert set(body) == {"path", "model", "number", "status", "digits"}
+    assert body["path"] == "upload" and body["model"] == model and body["status"] in STATUSES
+    assert len(body["number"]) == len(body["digits"]) == n
+    for digit in body["digits"]:
+        assert {"prediction", "confidence", "status", "between", "box"} <= set(digit)
+        assert digit["status"] in STATUSES and 0 <= digit["confidence"] <= 1
+        assert 0 <= digit["box"][0] < digit["box"][2] <= width
+    lefts = [d["box"][0] for d in body["digits"]]
+    assert lefts == sorted(lefts) and all(a[2] <= b[0] for a, b in zip(
+        [d["box"] for d in body["digits"]], [d["box"] for d in body["digits"][1:]]))  # apart, left to right
+
+
+def test_number_mode_reads_each_digit_left_to_right(client):
+    data = number_png("1407")
+    width = Image.open(io.BytesIO(data)).width
+    body = post_image(client, data, params="?number=true").json()
+    assert_number_object(body, "digits", 4, width)
+    assert body["number"] == "".join(str(d["prediction"]) for d in body["digits"])
+    with_input = post_image(client, data, params="?number=true&include_input=true").json()
+    assert all(d["input_png"].startswith("data:image/png;base64,") for d in with_input["digits"])
+
+
+@pytest.mark.parametrize("text, seed", [("170", 0), ("1407", 1), ("74", 2), ("7041", 3)])
+def test_embedded_model_reads_a_generated_number(embedded_client, text, seed):
+    data = number_png(text, seed)
+    body = post_image(embedded_client, data, params="?number=true").json()
+    assert_number_object(body, "mnist", len(text), Image.open(io.BytesIO(data)).width)
+    assert body["number"] == text and body["status"] == "ok", body
+
+
+def test_number_mode_of_a_blank_image_is_no_number(client):
+    body = post_image(client, blank_png(), params="?number=true").json()
+    assert body["number"] is None and body["status"] == "no_digit" and body["digits"] == []
+    assert "no digit found" in body["reason"] and body["model"] == "digits"
+
+
+def test_number_mode_needs_a_digit_model(client):
+    assert_error(post_image(client, number_png("74"), params="?model=clothes&number=true"), 400,
+                 "number=true reads digits; model 'clothes' has other classes")
+    assert_error(post_image(client, b"not even an image", params="?number=true"), 400, "not a PNG")
+
+
+def test_number_jobs_share_a_batch_with_single_digits(app):
+    predictor = app.state.models["digits"]
+    jobs = [Job(encode(drawing())), Job(number_png("74"), number=True), Job(b"junk", number=True),
+            Job(encode(drawing("one")), top_k=1)]
+    results = run_batch(predictor, jobs, max_pixels=10**7)
+    assert "prediction" in results[0] and len(results[1]["digits"]) == 2
+    assert isinstance(results[2], LenetError) and "upload" in str(results[2])  # its own 400
+    assert len(results[3]["top_k"]) == 1
+    clothes = run_batch(app.state.models["clothes"], [Job(number_png("74"), number=True)], max_pixels=10**7)
+    assert isinstance(clothes[0], LenetError) and "reads digits" in str(clothes[0])
+
+
+@pytest.mark.slow
+def test_embedded_model_reads_numbers_of_mnist_test_digits(embedded_client, mnist_root):
+    from lenet.data import load_dataset
+
+    data = load_dataset("mnist", mnist_root)
+    images, labels = data.test_images.numpy(), data.test_labels.numpy()
+    rng = np.random.default_rng(7)
+    right, n = 0, 40
+    for _ in range(n):
+        idx = rng.integers(0, len(labels), int(rng.integers(2, 7)))
+        body = post_image(embedded_client, encode(compose_number([images[i] for i in idx], rng)),
+                          params="?number=true").json()
+        right += body["number"] == "".join(str(labels[i]) for i in idx)
+    assert right / n >= 0.9, right / n
 
 
 # ---------- models, health, docs, page ----------
@@ -171,9 +286,11 @@ def test_models_lists_each_checkpoint_first_is_default(client):
     assert body["default"] == "digits" and body["max_body_bytes"] == 5 * 2**20
     digits, clothes = body["models"]
     assert digits == {"name": "digits", "model": "lenet5", "dataset": "mnist",
-                      "class_names": [str(i) for i in range(10)], "test_accuracy": 0.5}
+                      "class_names": [str(i) for i in range(10)], "test_accuracy": 0.5,
+                      "mode": {"name": "digits", "box": 20, "center_by_mass": True}}
     assert clothes["name"] == "clothes" and clothes["class_names"] == FASHION
     assert clothes["test_accuracy"] == 0.25
+    assert clothes["mode"] == {"name": "objects", "box": 28, "center_by_mass": False}  # the page reads it
 
 
 def test_model_parameter_picks_the_model(client):
@@ -191,6 +308,13 @@ def test_openapi_documents_the_predict_body(client):
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert {"image/png", "image/jpeg", "image/bmp", "image/webp", "multipart/form-data"} <= set(body)
     assert {"/healthz", "/api/models"} <= set(spec["paths"])
+    post = spec["paths"]["/api/predict"]["post"]
+    answer = post["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
+    assert {a["$ref"].rsplit("/", 1)[1] for a in answer} == {"Prediction", "NumberPrediction"}
+    schemas = spec["components"]["schemas"]
+    assert {"status", "between", "box"} <= set(schemas["Prediction"]["properties"])
+    assert {"number", "status", "digits"} <= set(schemas["NumberPrediction"]["required"])
+    assert "number" in {p["name"] for p in post["parameters"]}
     assert client.get("/docs").status_code == 200
 
 
@@ -208,13 +332,10 @@ def test_page_is_served_with_its_assets_and_loads_nothing_from_elsewhere(client)
 
 # ---------- every bad request is a 4xx with a JSON error ----------
 
-GIF = encode(Image.new("L", (8, 8)), "GIF")
-
-
 @pytest.mark.parametrize("data, content_type, status, phrase", [
     (b"", "image/png", 400, "empty body"),
-    (b"hello, this is not an image", "image/png", 400, "not a PNG, JPEG, BMP or WebP"),
-    (GIF, "image/png", 400, "not a PNG, JPEG, BMP or WebP"),
+    (b"hello, this is not an image", "image/png", 400, "not a PNG, JPEG, BMP, GIF or WebP"),
+    (b"II*\0" + b"\0" * 64, "image/png", 400, "not a PNG, JPEG, BMP, GIF or WebP"),  # a TIFF
     (encode(drawing())[:400], "image/png", 400, "truncated"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png", 400, "upload"),  # right magic, garbage after
     (encode(drawing()), "text/plain", 415, "'text/plain' is not accepted"),
@@ -251,7 +372,7 @@ def small_app(checkpoints):
 
 @pytest.fixture(scope="module")
 def small_client(small_app):
-    with TestClient(small_app) as c:
+    with TestClient(small_app, base_url=LOCAL) as c:
         yield c
 
 
@@ -279,7 +400,7 @@ def predict_scope(content_type: bytes = b"image/png") -> dict:
     """The ASGI scope of a POST /api/predict, for driving the app without a client."""
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
             "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"",
-            "root_path": "", "headers": [(b"content-type", content_type)],
+            "root_path": "", "headers": [(b"host", b"localhost"), (b"content-type", content_type)],
             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
 
 
@@ -373,12 +494,13 @@ def test_too_many_waiting_is_a_503_not_a_queue(client):
     assert post_image(client, encode(drawing())).status_code == 200
 
 
-def test_a_slow_upload_counts_as_waiting_while_its_body_arrives(checkpoints):
-    # Counted from before the body is read: otherwise any number of slow uploads could
-    # each buffer up to the body limit, the cap notwithstanding.
+def test_a_slow_upload_holds_its_bytes_not_a_queue_slot(checkpoints):
+    # Slow uploads must not fill the queue of MAX_WAITING (issue 11: 70 of them made every
+    # prediction a 503); their memory is bounded by the bytes all uploads hold together.
     app = create_app(checkpoints[:1])
     app.state.max_waiting = 1
     data = encode(drawing())
+    half = len(data) // 2
 
     async def request(receive, content_type=b"image/png") -> tuple[int, dict]:
         sent = []
@@ -394,33 +516,44 @@ def test_a_slow_upload_counts_as_waiting_while_its_body_arrives(checkpoints):
 
     async def main():
         arrived = asyncio.Event()
+        parts = iter([data[:half], data[half:]])
 
-        async def slow_body():  # the body arrives only when the test says so
-            await arrived.wait()
-            return await whole_body()
+        async def slow_body():  # half the body at once, the rest when the test says so
+            part = next(parts)
+            if len(part) != half:
+                await arrived.wait()
+            return {"type": "http.request", "body": part, "more_body": len(part) == half}
 
         async with app.router.lifespan_context(app):
             slow = asyncio.create_task(request(slow_body))
             await asyncio.sleep(0.05)  # the slow one is reading its body
-            waiting_during_upload = app.state.waiting
-            busy = await request(whole_body)
+            during = app.state.waiting, app.state.uploads.held
+            served = await request(whole_body)
+            app.state.uploads.limit, limit = half + 100, app.state.uploads.limit  # no room for a body
+            over_budget = await request(whole_body)
+            app.state.uploads.limit = limit
             arrived.set()
             done = await slow
-            refused = await request(whole_body, b"text/plain")  # an error still uncounts it
-            return waiting_during_upload, busy, done, refused, app.state.waiting
+            refused = await request(whole_body, b"text/plain")  # an error holds nothing either
+            return during, served, over_budget, done, refused, (app.state.waiting, app.state.uploads.held)
 
-    during, busy, done, refused, after = asyncio.run(asyncio.wait_for(main(), timeout=20))
-    assert during == 1
-    assert busy[0] == 503 and "server busy" in busy[1]["error"]
+    during, served, over_budget, done, refused, after = asyncio.run(asyncio.wait_for(main(), timeout=20))
+    assert during == (0, half)
+    assert served[0] == 200 and served[1]["prediction"] is not None
+    assert over_budget[0] == 503 and "uploads are arriving" in over_budget[1]["error"]
     assert done[0] == 200 and done[1]["prediction"] is not None
-    assert refused[0] == 415 and after == 0
+    assert refused[0] == 415 and after == (0, 0)
 
 
-def test_in_flight_and_connection_caps_bound_buffered_bodies(app, checkpoints):
-    assert app.state.max_waiting == MAX_WAITING <= 64  # x 5 MB bodies: at most 320 MB buffered
-    assert MAX_WAITING < LIMIT_CONCURRENCY <= 2 * MAX_WAITING  # uvicorn: connections bounded too
-    assert make_server(app).config.limit_concurrency == LIMIT_CONCURRENCY
-    assert make_server(app, limit_concurrency=5).config.limit_concurrency == 5
+def test_queue_upload_and_connection_bounds(app):
+    assert app.state.max_waiting == MAX_WAITING <= 64  # x 5 MB bodies: at most 320 MB queued
+    assert app.state.uploads.limit == MAX_WAITING * 5 * 2**20  # and as much arriving
+    # uvicorn's limit_concurrency is off: it 503s every request once that many connections
+    # are open, slow ones included. Connections are capped by the protocol instead.
+    config = make_server(app).config
+    assert config.limit_concurrency is None and config.http.limits == ConnectionLimits()
+    assert ConnectionLimits().max_connections <= 256 and ConnectionLimits().head_seconds <= 10
+    assert make_server(app, ConnectionLimits(max_connections=5)).config.http.limits.max_connections == 5
 
 
 def test_worker_count_is_the_usable_cores_capped(monkeypatch):
@@ -441,7 +574,7 @@ def test_stopping_the_app_ends_its_worker_threads(checkpoints):
     for _ in range(2):  # two apps: neither may leave threads behind
         app = create_app(checkpoints[:1])
         for _ in range(2):  # and one app started again after a stop still answers
-            with TestClient(app) as c:
+            with TestClient(app, base_url=LOCAL) as c:
                 responses = [post_image(c, data) for _ in range(3)]
                 assert [r.status_code for r in responses] == [200] * 3
                 assert any(t.name.startswith("lenet-worker") for t in set(threading.enumerate()) - before)
@@ -465,7 +598,7 @@ def test_event_loop_answers_while_a_prediction_runs(checkpoints):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as c:
             start = time.perf_counter()
             headers = {"content-type": "image/png"}
             predict = asyncio.create_task(c.post("/api/predict", content=data, headers=headers))
@@ -535,7 +668,7 @@ def raw_exchange(url: str, request: bytes, wait: float = 5.0) -> bytes:
 
 def test_real_server_refuses_a_big_body_before_it_is_sent(live):
     url, _ = live
-    head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
             b"Content-Length: 50000000\r\n\r\n")
     reply = raw_exchange(url, head + b"\x89PNG\r\n\x1a\n")  # 50 MB promised, 8 bytes sent
     assert reply.startswith(b"HTTP/1.1 413") and b"over the limit" in reply
@@ -543,7 +676,7 @@ def test_real_server_refuses_a_big_body_before_it_is_sent(live):
 
 def test_real_server_stops_reading_a_chunked_body_at_the_limit(live):
     url, _ = live
-    head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n" % 60_000 + b"\0" * 60_000 + b"\r\n"
     reply = raw_exchange(url, head + chunk * 2)  # 120 kB, never terminated
@@ -585,7 +718,7 @@ def test_model_names(checkpoints):
 
 @pytest.fixture(scope="module")
 def embedded_client():
-    with TestClient(create_app()) as c:
+    with TestClient(create_app(), base_url=LOCAL) as c:
         yield c
 
 

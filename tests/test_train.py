@@ -1,9 +1,11 @@
 """The trainer on small synthetic data (seconds), and one short run on real MNIST (slow)."""
 
 import csv
+import io
 import json
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -150,13 +152,14 @@ def test_select_on_test_is_recorded(tmp_path):
     (["--model", "lenet6"], "unknown model 'lenet6'"),
     (["--model-args", "[1]"], "must be a JSON object"),
     (["--resume", "nope.safetensors"], "no such checkpoint"),
-    (["--val-size", "60000"], "leaves no training images"),
+    (["--val-size", "64"], "leaves no training images"),
+    (["--compile"], "unrecognized arguments: --compile"),
     (["--elastic-sigma", "0"], "--elastic-sigma must be in (0, 9]"),
     (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
     (["--config", "/"], "cannot read"),
 ])
-def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, mnist_root, argv, message):
-    code = main(["train", "--data-root", str(mnist_root), "--out", str(tmp_path / "r"), "--no-progress", *argv])
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, synthetic_mnist_root, argv, message):
+    code = main(["train", "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path / "r"), "--no-progress", *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -186,6 +189,33 @@ def test_precedence_defaults_preset_file_flags(tmp_path):
     assert cfg.optimizer == TrainConfig().optimizer  # untouched fields keep their defaults
 
 
+def test_config_files_and_checkpoints_from_before_compile_was_retired_still_load(tmp_path):
+    """`compile` was a field until torch.compile proved not worth it: its value is dropped."""
+    from lenet.config import resolve, to_dict
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"epochs": 2, "compile": True}))
+    cfg = resolve(config_file=str(path))
+    assert cfg.epochs == 2 and "compile" not in to_dict(cfg)
+    saved = {**to_dict(TrainConfig(epochs=4)), "compile": False}  # a resumed run's config.json of old
+    assert resolve(base=saved) == TrainConfig(epochs=4)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_only_when_stderr_is_a_terminal(tmp_path, monkeypatch, terminal):
+    """A script's log must not fill with progress lines; a person at a terminal sees the bar."""
+    stderr = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    fit(config(tmp_path, epochs=1), data=synthetic_dataset(), log=lambda s: None)  # progress: the default
+    assert ("epoch 1/1" in stderr.getvalue()) == terminal  # the bar's label; `log` lines are dropped here
+    assert ("\r" in stderr.getvalue()) == terminal
+
+
 @pytest.mark.slow
 def test_short_training_on_real_mnist_passes_97_percent(tmp_path, mnist_root):
     data = load_dataset("mnist", mnist_root)
@@ -194,3 +224,143 @@ def test_short_training_on_real_mnist_passes_97_percent(tmp_path, mnist_root):
     metrics = fit(cfg, data=data, progress=False, log=lambda s: None)
     assert metrics["test_accuracy"] > 0.97
     assert metrics["selected_on"] == "validation"
+
+
+# --- issue 11, finding 3: a malformed last.safetensors is one line, never a traceback -------------
+
+@pytest.fixture(scope="module")
+def last_file(tmp_path_factory):
+    """A genuine last.safetensors after 2 of 2 epochs (adamw, one-cycle)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    fit(config(tmp, epochs=2), **quiet())
+    return tmp / "run/last.safetensors"
+
+
+def _resave_state(last, out, change):
+    """Re-save `last` through save_checkpoint (a valid checksum) after change(state, meta)."""
+    from lenet.checkpoint import build_model, load_extra_state
+
+    tensors, meta, state = load_extra_state(last)
+    model = build_model(tensors, meta, last)
+    meta = {k: v for k, v in meta.items() if k != "extra_state"}
+    change(state, meta)
+    save_checkpoint(out, model, meta, extra_state=state)
+
+
+def _resave_skeleton(last, out, change):
+    """Re-write `last` with its JSON skeleton changed (tensors, and so the checksum, untouched)."""
+    from lenet.checkpoint import read_checkpoint
+    from safetensors.torch import save_file
+
+    tensors, meta = read_checkpoint(last)
+    change(meta)
+    save_file(tensors, str(out), metadata={"lenet": json.dumps(meta)})
+
+
+def _set(key, value):
+    return lambda state, meta: state.__setitem__(key, value)
+
+
+def _opt_state(change):
+    def edit(state, meta):
+        change(state["optimizer"])
+    return edit
+
+
+STATE_CASES = {
+    "epoch as a string": (_set("epoch", "1"), "epoch"),
+    "negative epoch": (_set("epoch", -1), "epoch"),
+    "fractional epoch": (_set("epoch", 1.5), "epoch"),
+    "epoch past the end": (_set("epoch", 7), "epoch"),
+    "best_epoch after epoch": (_set("best_epoch", 5), "best_epoch"),
+    "best as text": (_set("best", "high"), "best"),
+    "history not a list": (_set("history", {"a": 1}), "history"),
+    "history row with text": (lambda s, m: s["history"][0].__setitem__("seconds", "x"), "history"),
+    "torch_rng too short": (_set("torch_rng", torch.zeros(10, dtype=torch.uint8)), "torch_rng"),
+    "gen_rng as float": (_set("gen_rng", torch.zeros(5056)), "gen_rng"),
+    "rng as a list": (_set("torch_rng", [1, 2, 3]), "torch_rng"),
+    "no optimizer": (lambda s, m: s.pop("optimizer"), "optimizer"),
+    "optimizer groups missing": (_opt_state(lambda o: o["param_groups"].pop()), "optimizer"),
+    "optimizer lr as text": (_opt_state(lambda o: o["param_groups"][0].__setitem__("lr", "x")), "optimizer"),
+    "exp_avg of the wrong shape": (_opt_state(lambda o: o["state"][0].__setitem__("exp_avg", torch.zeros(3))),
+                                   "optimizer"),
+    "exp_avg with NaN": (_opt_state(lambda o: o["state"][0]["exp_avg"].view(-1).__setitem__(0, float("nan"))),
+                         "optimizer"),
+    "optimizer state of an unknown parameter": (_opt_state(lambda o: o["state"].__setitem__(999, {})), "optimizer"),
+    "scheduler step as text": (lambda s, m: s["scheduler"].__setitem__("last_epoch", "x"), "scheduler"),
+    "scheduler at another step": (lambda s, m: s["scheduler"].__setitem__("last_epoch", 3), "scheduler"),
+    "scheduler missing a key": (lambda s, m: s["scheduler"].pop("total_steps"), "scheduler"),
+    "config missing": (lambda s, m: m.pop("config"), "config"),
+    "config with an unknown field": (lambda s, m: m["config"].__setitem__("bogus", 1), "bogus"),
+    "config field of the wrong type": (lambda s, m: m["config"].__setitem__("seed", "x"), "seed"),
+}
+
+SKELETON_CASES = {
+    "state not an object": (lambda m: m.__setitem__("extra_state", [1, 2]), "training state"),
+    "a missing tensor": (lambda m: m.__setitem__("extra_state", {"__tensor__": "state.nope"}), "state.nope"),
+    "an unknown marker": (lambda m: m.__setitem__("extra_state", {"__pickle__": "x"}), "training state"),
+    "a list as a key": (lambda m: m.__setitem__("extra_state", {"__dict__": [[[1], 2]]}), "training state"),
+    "config not an object": (lambda m: m.__setitem__("config", [1]), "config"),  # save_checkpoint refuses it
+}
+
+
+def _refused_in_one_line(tmp_path, path, match):
+    with pytest.raises(LenetError, match=match) as info:
+        fit(config(tmp_path, epochs=2), resume=path, **quiet())
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("case", list(STATE_CASES))
+def test_malformed_resume_state_is_one_line(tmp_path, last_file, case):
+    change, match = STATE_CASES[case]
+    path = tmp_path / "last.safetensors"
+    _resave_state(last_file, path, change)
+    _refused_in_one_line(tmp_path, path, match)
+
+
+@pytest.mark.parametrize("case", list(SKELETON_CASES))
+def test_malformed_resume_skeleton_is_one_line(tmp_path, last_file, case):
+    change, match = SKELETON_CASES[case]
+    path = tmp_path / "last.safetensors"
+    _resave_skeleton(last_file, path, change)
+    _refused_in_one_line(tmp_path, path, match)
+
+
+@pytest.mark.parametrize("case", ["config not an object", "config missing", "config with an unknown field"])
+def test_malformed_resume_config_through_the_cli(tmp_path, last_file, capsys, case):
+    path = tmp_path / "run" / "last.safetensors"
+    path.parent.mkdir()
+    if case in SKELETON_CASES:
+        _resave_skeleton(last_file, path, SKELETON_CASES[case][0])
+    else:
+        _resave_state(last_file, path, STATE_CASES[case][0])
+    assert main(["train", "--resume", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("lenet: error: ")
+
+
+def test_an_intact_resume_state_still_resumes(tmp_path, last_file):
+    import shutil
+
+    shutil.copytree(last_file.parent, tmp_path / "run")  # model.safetensors too, for the final test
+    path = tmp_path / "run" / "last.safetensors"
+    _resave_state(last_file, path, lambda s, m: None)
+    metrics = fit(config(tmp_path, epochs=2), resume=path, **quiet())
+    assert metrics["epochs"] == 2
+
+
+def test_threads_are_bounded_by_the_machine(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)  # never start 512 threads here
+    fit(config(tmp_path, epochs=1, threads=512), **quiet())
+    assert asked and max(asked) <= (os.cpu_count() or 1)
+
+
+def test_resume_ignores_the_saved_data_root_and_says_so(tmp_path):
+    from lenet.resume import resume_config
+
+    fit(config(tmp_path, epochs=1, data_root=str(tmp_path / "chosen-by-the-file")), **quiet())
+    said = []
+    base = resume_config(tmp_path / "run/last.safetensors", log=said.append)
+    assert base["data_root"] == "" and base["out"] == str(tmp_path / "run")
+    assert len(said) == 1 and "chosen-by-the-file" in said[0]

@@ -1,13 +1,13 @@
 """The `lenet` command: argparse sub-commands wired to the library, no logic of its own.
 
     lenet models [--json]                       lenet summary MODEL [--json]
-    lenet data fetch [--dataset D] [--root DIR] [--from DIR]
+    lenet data fetch [--dataset D] [--data-root DIR] [--from DIR]
     lenet data show [--dataset D] [--index I] [--grid N --out PNG]
     lenet train [--preset NAME] [--model M] [--epochs N] [--out DIR] ... [--resume FILE]
     lenet eval [--checkpoint C] [--dataset D] [--json] [--out DIR]
     lenet predict [--checkpoint C] IMAGE_OR_DIR... [--json] [--top-k K] [--save-input DIR]
     lenet export [--checkpoint C] --format onnx [--int8] --out FILE
-    lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
+    lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000] [--allow-host NAME]...
     lenet bench [--model M] [--batch-size N] [--json]
 
 Exit codes: 0 success, 1 some inputs failed (predict), 2 bad input (one line on stderr;
@@ -35,6 +35,21 @@ def add_common(sp: argparse.ArgumentParser, json_flag: bool = True) -> None:
         sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
+def add_data_root(sp: argparse.ArgumentParser) -> None:
+    """--data-root, the spelling of every command (`lenet train` has it from TrainConfig.data_root)."""
+    sp.add_argument("--data-root", metavar="DIR", help="data folder (default: $LENET_DATA_ROOT or ~/.cache/lenet)")
+    add_root_alias(sp)
+
+
+def add_root_alias(sp: argparse.ArgumentParser) -> None:
+    """The older spelling --root keeps working in scripts, but is no longer listed."""
+    sp.add_argument("--root", dest="data_root", help=argparse.SUPPRESS)
+
+
+def data_root(args) -> Path | None:
+    return Path(args.data_root) if args.data_root else None
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit code 2."""
 
@@ -58,11 +73,9 @@ def show(args, value: Any, text: str) -> int:
 # -- commands ------------------------------------------------------------------------------
 
 def cmd_models(args) -> int:
-    from lenet.models import count_parameters, create_model, list_models
+    from lenet.catalog import MODELS  # precomputed: no torch import, the command answers at once
 
-    rows = [{"name": s.name, "parameters": count_parameters(create_model(s.name)),
-             "input_size": s.input_size, "mean": s.mean, "std": s.std, "description": s.description}
-            for s in list_models()]
+    rows = list(MODELS)
     if args.json:
         emit_json(rows)
     else:
@@ -81,9 +94,7 @@ def cmd_summary(args) -> int:
         spec = get_spec(args.model)
     except KeyError as exc:
         raise LenetError(exc.args[0]) from None
-    model = create_model(args.model)
-    if hasattr(model, "layerwise"):
-        model.layerwise = True  # LeNet5, LeNet5BN: run the modules one by one, so torchinfo sees every layer
+    model = create_model(args.model)  # torchinfo's hooks make LeNet5/LeNet5BN run layer by layer, all seen
     stats = summary(model, input_size=(1, 1, spec.input_size, spec.input_size), verbose=0,
                     col_names=("output_size", "num_params"), depth=3)
     if args.json:
@@ -100,7 +111,7 @@ def cmd_summary(args) -> int:
 def cmd_data_fetch(args) -> int:
     from lenet.sources import fetch
 
-    folder = fetch(args.dataset, Path(args.root) if args.root else None,
+    folder = fetch(args.dataset, data_root(args),
                    Path(args.from_dir) if args.from_dir else None)
     return show(args, {"dataset": args.dataset, "path": str(folder)}, f"{args.dataset}: verified files in {folder}")
 
@@ -108,7 +119,7 @@ def cmd_data_fetch(args) -> int:
 def cmd_data_show(args) -> int:
     from lenet.data import ascii_image, load_dataset
 
-    data = load_dataset(args.dataset, Path(args.root) if args.root else None)
+    data = load_dataset(args.dataset, data_root(args))
     images = data.train_images if args.split == "train" else data.test_images
     labels = data.train_labels if args.split == "train" else data.test_labels
     if args.grid is not None:
@@ -140,21 +151,19 @@ def cmd_train(args) -> int:
 
     base = None
     if args.resume:
-        from lenet.checkpoint import load_extra_state
+        from lenet.resume import resume_config
 
-        _, meta, _ = load_extra_state(args.resume)
-        base = {**meta.get("config", {}), "out": str(Path(args.resume).parent)}
+        base = resume_config(args.resume)  # checked; its data_root is not used (the flag or the default is)
     cfg = config.from_args(args, base)
-    metrics = fit(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                  overwrite=args.overwrite)
+    metrics = fit(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return show(args, metrics, f"test accuracy {metrics['test_accuracy']:.4f} (model of epoch {metrics['best_epoch']}, "
                 f"selected on {metrics['selected_on']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
 
 
 def cmd_eval(args) -> int:
-    from lenet.evaluate import eval_command
+    from lenet.evalcmd import eval_command
 
-    result = eval_command(args.checkpoint, args.dataset, Path(args.out) if args.out else None, args.root)
+    result = eval_command(args.checkpoint, args.dataset, Path(args.out) if args.out else None, args.data_root)
     if args.json:
         emit_json(result)
     else:
@@ -170,7 +179,18 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from lenet.predict import predict_command
 
-    return predict_command(args.inputs, args.checkpoint, args.top_k, args.json, args.save_input)
+    return predict_command(args.inputs, args.checkpoint, args.top_k, args.json, args.save_input, number=args.number)
+
+
+def cmd_calibrate(args) -> int:
+    from lenet.calibrate import calibrate_command
+
+    result = calibrate_command(args.checkpoint, Path(args.out), data_root(args), args.seed, args.overwrite,
+                               log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    r = result["report"]
+    return show(args, result, f"wrote {result['path']}: temperature {result['temperature']:.3f}; held-out digits "
+                f"refused {r['digits_refused']:.2%}, unsure {r['digits_unsure']:.2%}; generated non-digits "
+                f"refused {r['nondigits_refused']:.2%}")
 
 
 def cmd_export(args) -> int:
@@ -184,7 +204,7 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from lenet.bench import bench
 
-    result = bench(args.model, Path(args.root) if args.root else None, args.batch_size)
+    result = bench(args.model, data_root(args), args.batch_size)
     return show(args, result, f"{result['model']} on {result['threads']} threads, batch {result['batch_size']}: training "
                 f"{result['train_images_per_second']:,} img/s ({result['epoch_seconds']} s/epoch), with augmentation "
                 f"{result['train_images_per_second_augmented']:,} img/s; 10k test images in {result['eval_10k_seconds']} s; "
@@ -194,7 +214,7 @@ def cmd_bench(args) -> int:
 def cmd_serve(args) -> int:
     from lenet.serve import serve_command
 
-    return serve_command(args.checkpoint or [None], host=args.host, port=args.port)
+    return serve_command(args.checkpoint or [None], host=args.host, port=args.port, allow_hosts=args.allow_host)
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -224,7 +244,7 @@ def build_parser() -> Parser:
         sp.set_defaults(func=func)
         add_common(sp)
         sp.add_argument("--dataset", choices=DATASET_CHOICES, default="mnist")
-        sp.add_argument("--root", help="data folder (default: $LENET_DATA_ROOT or ~/.cache/lenet)")
+        add_data_root(sp)
     fetch_p, show_p = data_sub.choices["fetch"], data_sub.choices["show"]
     fetch_p.add_argument("--from", dest="from_dir", metavar="DIR",
                          help="use only this folder's four IDX files (.gz or raw)")
@@ -237,14 +257,15 @@ def build_parser() -> Parser:
 
     sp = command("train", cmd_train, "train a model; writes DIR/model.safetensors, metrics.json, curves.png")
     add_arguments(sp)
+    add_root_alias(sp)
     sp.add_argument("--resume", metavar="FILE", help="continue a run from its last.safetensors")
     sp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
 
     sp = command("eval", cmd_eval, "accuracy, loss, per-class accuracy and confusion matrix on a test set")
     sp.add_argument("--checkpoint", help="model file or embedded name (default: mnist)")
     sp.add_argument("--dataset", choices=DATASET_CHOICES, help="default: the checkpoint's dataset")
-    sp.add_argument("--root", help="data folder")
+    add_data_root(sp)
     sp.add_argument("--out", metavar="DIR", help="write the confusion matrix and misclassified images here")
 
     sp = command("predict", cmd_predict, "recognise digits in images (files or folders)")
@@ -252,6 +273,15 @@ def build_parser() -> Parser:
     sp.add_argument("--checkpoint", help="model file or embedded name: mnist (default), fashion-mnist")
     sp.add_argument("--top-k", type=int, default=3, metavar="K", help="show the K most likely classes")
     sp.add_argument("--save-input", metavar="DIR", help="save what the model saw (28x28) next to a copy of each input")
+    sp.add_argument("--number", action="store_true", help="read a whole handwritten number in each image, left to right")
+
+    sp = command("calibrate", cmd_calibrate, "fit the statuses (ok / unsure / not_a_digit) of a checkpoint on "
+                 "held-out data; writes a calibrated copy")
+    sp.add_argument("--checkpoint", help="model file or embedded name (default: mnist)")
+    sp.add_argument("--out", required=True, metavar="FILE", help="the calibrated .safetensors to write")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the generated non-digits and handed-over digits")
+    sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_data_root(sp)
 
     sp = command("export", cmd_export, "export a checkpoint to ONNX (input contract built in), checked with onnxruntime")
     sp.add_argument("--checkpoint", help="model file or embedded name (default: mnist)")
@@ -262,12 +292,15 @@ def build_parser() -> Parser:
     sp = command("bench", cmd_bench, "training and inference throughput on this machine (about a minute)")
     sp.add_argument("--model", default="lenet5", help="model to time (default lenet5)")
     sp.add_argument("--batch-size", type=int, default=512, help="training batch size to time (default 512)")
-    sp.add_argument("--root", help="data folder")
+    add_data_root(sp)
 
     sp = command("serve", cmd_serve, "the drawing page and JSON API on http://HOST:PORT", json_flag=False)
     sp.add_argument("--checkpoint", action="append", help="model file or embedded name; repeat for several")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--port", type=int, default=8000, help="TCP port, 0-65535 (0: any free one; default 8000)")
+    sp.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also answer requests for this host name (repeatable); only loopback names "
+                         "and the --host address are answered otherwise, which stops DNS rebinding")
     return p
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from lenet.errors import LenetError
-from lenet.models import get_spec
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -63,7 +62,6 @@ class TrainConfig:
     thickness: float = _opt("augmentation: share of images drawn 1 px thicker or thinner", default=0.0)
     device: str = _opt("device", DEVICES, "auto")
     threads: int = _opt("CPU threads (0: PyTorch's default)", default=0)
-    compile: bool = _opt("use torch.compile (falls back to eager if it fails)", default=False)
     eval_batch_size: int = _opt("images per forward pass when evaluating (500: cache-friendly on CPUs)", default=500)
     out: str = _opt("run folder", default="runs/train")
 
@@ -87,6 +85,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "label_smoothing": 0.05, "out": "runs/fashion"},
 }
 
+
+# Fields that older versions had and that no longer do anything: config.json files and checkpoints
+# that carry them still load, the value is dropped. (`compile`: torch.compile did not pay for its
+# compile time on epochs of a few seconds; see the README.)
+RETIRED_FIELDS = frozenset({"compile"})
 
 PYTHON_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
 
@@ -118,6 +121,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise LenetError(f"--{f.name.replace('_', '-')}: {getattr(cfg, f.name)!r} is not one of {', '.join(choices)}")
+    from lenet.models import get_spec  # here, not at the top: `lenet --help` builds its parser without torch
+
     try:
         get_spec(cfg.model)
     except KeyError as exc:
@@ -165,7 +170,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise LenetError(f"{path}: not a JSON config file ({exc})") from None
     if not isinstance(values, dict):
         raise LenetError(f"{path}: a config file must hold a JSON object")
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)} | RETIRED_FIELDS
     unknown = sorted(set(values) - known)
     if unknown:
         raise LenetError(f"{path}: unknown config fields {', '.join(unknown)}")
@@ -183,7 +188,7 @@ def resolve(preset: str | None = None, config_file: str | None = None, base: dic
     if config_file:
         values.update(read_config_file(config_file))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return check(TrainConfig(**values))
+    return check(TrainConfig(**{k: v for k, v in values.items() if k not in RETIRED_FIELDS}))
 
 
 def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
@@ -196,7 +201,7 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # What may differ between a run and its resumption: where and how fast it runs, not what it learns.
-RESUME_MAY_CHANGE = {"out", "threads", "device", "compile", "eval_batch_size", "data_root"}
+RESUME_MAY_CHANGE = {"out", "threads", "device", "eval_batch_size", "data_root"}
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: str | Path) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lenet.checkpoint import atomic_write, load_checkpoint
+from lenet.checkpoint import load_checkpoint
 from lenet.errors import LenetError
+from lenet.fileio import atomic_write
 from lenet.models import ModelSpec, get_spec, prepare_input
 
 OPSET = 17

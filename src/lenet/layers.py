@@ -15,8 +15,12 @@ fewer, cheaper passes over memory (profiled on a 2-core CPU, batch 512):
 after (`normalise_relu_pool`): both are monotone per channel, so the result is the same and
 the elementwise work is a quarter.
 
-Each fast path is the same function to float rounding, and tests/test_layers.py checks outputs,
-gradients and running statistics against the layer-by-layer run (`layerwise = True`).
+Each model decides for itself when to take its fast path (`runs_layer_by_layer`): always,
+except where a caller needs to see the layers one by one (torch.jit tracing and ONNX export,
+torch.compile/torch.export, forward hooks on a layer as torchinfo's summary registers them);
+then it runs its modules in order, as the nn.Sequential it is. Each fast path is the same
+function to float rounding, and tests/test_layers.py checks outputs, gradients and running
+statistics against the layer-by-layer run (`layer_by_layer(model)`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 A = 1.7159  # amplitude of LeCun's squashing function f(a) = A tanh(2a/3) (paper, Appendix A)
 K = 4.0 / 3.0  # f(a) = 2A sigmoid(K a) - A
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # PyTorch >= 2.3; earlier: never
+
+
+def runs_layer_by_layer(model: nn.Module) -> bool:
+    """True where a fast forward would hide layers that someone is looking at: while tracing
+    (torch.jit, the ONNX exporter), compiling or exporting (dynamo), or when a layer has forward
+    hooks (torchinfo's summary, feature-map capture). About 2 microseconds per call."""
+    if torch.jit.is_tracing() or _is_compiling():
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model._modules.values())
+
+
+def layer_by_layer(model: nn.Sequential) -> nn.Sequential:
+    """The same modules (shared parameters and buffers) as a plain nn.Sequential: the reference
+    run that the fast forwards must match, for tests and benchmarks."""
+    return nn.Sequential(*model.children())
 
 
 class ScaledTanh(nn.Module):
@@ -96,11 +117,11 @@ class PartialConv(nn.Module):
 class LeNet5(nn.Sequential):
     """LeNet-5 as published (see models.lenet5 for what is and is not the paper's).
 
-    The modules run in order when `layerwise` is True (torchinfo's summary, the tests'
-    reference). Otherwise `forward` computes the same function with every activation written
-    as h = 2A s - A, s = sigmoid(K a), and the affine parts folded into the next layer:
-    a layer computing W h + b computes (2A W) s + (b - A W 1) instead, and each layer's
-    weights and bias are scaled by K before its sigmoid.
+    The modules run in order where `runs_layer_by_layer` says so (tracing, export, hooks).
+    Otherwise `forward` computes the same function with every activation written as
+    h = 2A s - A, s = sigmoid(K a), and the affine parts folded into the next layer: a layer
+    computing W h + b computes (2A W) s + (b - A W 1) instead, and each layer's weights and
+    bias are scaled by K before its sigmoid.
     """
 
     def __init__(self, num_classes: int = 10):
@@ -114,10 +135,9 @@ class LeNet5(nn.Sequential):
             nn.Linear(120, 84), ScaledTanh(),  # F6: (B, 84)
             nn.Linear(84, num_classes),  # logits: (B, 10)
         )
-        self.layerwise = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layerwise:
+        if runs_layer_by_layer(self):
             return super().forward(x)
         c1, _, s2, _, c3, _, s4, _, c5, _, _, f6, _, out = self
         s = torch.sigmoid(F.conv2d(x, c1.weight * K, c1.bias * K))  # (B, 6, 28, 28)
@@ -154,6 +174,7 @@ class _BatchStats(torch.autograd.Function):
         return var, mean
 
     @staticmethod
+    @once_differentiable  # a second derivative through this backward would be wrong: refuse it
     def backward(ctx, grad_var, grad_mean):
         z, mean = ctx.saved_tensors
         n = z.numel() / z.shape[1]
@@ -195,10 +216,9 @@ class LeNet5BN(nn.Sequential):
     """lenet5-bn: conv-BN-ReLU-maxpool twice, conv-BN-ReLU (C5), FC-BN-ReLU, dropout, FC.
 
     Its `forward` runs the two pooled blocks through `normalise_relu_pool` (same function,
-    tested against the layer-by-layer run, which `layerwise = True` and ONNX export use).
-    Known limits of the fast path: forward hooks on the submodules do not run; torch.compile
-    breaks the graph at each block's sign check; where a gamma is exactly 0, its gradient is
-    the one-sided limit, not the layer-by-layer run's tie-breaking choice.
+    tested against the layer-by-layer run, which it takes itself where `runs_layer_by_layer`
+    says so: tracing, export, hooks). Known limit of the fast path: where a gamma is exactly 0,
+    its gradient is the one-sided limit, not the layer-by-layer run's tie-breaking choice.
     """
 
     def __init__(self, num_classes: int = 10, c1: int = 6, c3: int = 16, c5: int = 120, f6: int = 84,
@@ -215,10 +235,9 @@ class LeNet5BN(nn.Sequential):
             nn.Dropout(dropout),
             nn.Linear(f6, num_classes),
         )
-        self.layerwise = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layerwise or torch.jit.is_tracing():
+        if runs_layer_by_layer(self):
             return super().forward(x)
         layers = list(self)  # (slicing a Sequential would call this class's constructor)
         for conv, bn, _, pool in (layers[0:4], layers[4:8]):

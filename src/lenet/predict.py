@@ -22,10 +22,13 @@ from typing import IO, Iterator
 import torch
 from PIL import Image
 
-from lenet.checkpoint import atomic_write, load_checkpoint
+from lenet.checkpoint import load_checkpoint
 from lenet.errors import LenetError
+from lenet.fileio import atomic_write
 from lenet.models import get_spec, prepare_input
-from lenet.preprocess import NO_DIGIT, Preprocessed, open_image, preprocess, to_png
+from lenet.numbers import read_number
+from lenet.preprocess import DIGITS, NO_DIGIT, OBJECTS, Preprocessed, as_image, open_image, preprocess, to_png
+from lenet.trust import Trust, features
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff",
                   ".pgm", ".ppm", ".pbm", ".pnm")
@@ -46,62 +49,117 @@ def png_data_url(image: torch.Tensor | None) -> str | None:
 
 
 class Predictor:
-    """A checkpoint loaded once; images in, predict objects (DESIGN.md) out."""
+    """A checkpoint loaded once; images in, predict objects (`lenet predict --json`'s lines) out.
+
+    Every answer has a `status` (lenet.trust): ok, unsure (and `between`: the two classes),
+    not_a_digit, or no_digit; `confidence` and `probabilities` are temperature-calibrated.
+    """
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu"):
         model, self.meta = load_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.body, self.head = split_head(self.model)
         self.model_name: str = self.meta["model"]
         self.spec = get_spec(self.model_name)  # normalisation and input size come from here
         self.dataset: str = self.meta.get("dataset", "unknown")
         classes = self.meta.get("model_args", {}).get("num_classes", 10)
         self.class_names: list[str] = list(self.meta.get("class_names") or map(str, range(classes)))
         self.digits = is_digit_model(self.meta)
+        self.mode = DIGITS if self.digits else OBJECTS
         self.blank_name = NO_DIGIT if self.digits else NOTHING
+        self.trust = Trust.from_meta(self.meta)
 
     def preprocess(self, img: Image.Image) -> Preprocessed:
         """The preprocessing this model's dataset was made with (Fashion: no centre of mass)."""
-        return preprocess(img, center_by_mass=self.digits, digits=self.digits)
+        return preprocess(img, self.mode)
 
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) in [0, 1] -> (B, C) softmax probabilities, one forward pass."""
+    def infer(self, items: list[Preprocessed]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Found images -> (logits (B, C), calibrated probabilities (B, C), detector features (B, F))."""
+        images = torch.stack([p.image for p in items])  # (B, 1, 28, 28) in [0, 1]
         x = prepare_input(images.to(self.device), self.spec)  # (B, 1, S, S) normalised
-        return torch.softmax(self.model(x).float(), dim=1).cpu()
+        hidden = self.body(x).flatten(1) if self.body is not None else torch.zeros(len(items), 0)
+        logits = (self.head(hidden) if self.body is not None else self.model(x)).float().cpu()
+        widths = torch.tensor([p.stroke_width for p in items], dtype=torch.float32)
+        feats = features(hidden.float().cpu(), logits, images.float().cpu(), widths)
+        return logits, torch.softmax(logits / self.trust.temperature, dim=1), feats
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) in [0, 1] -> (B, C) calibrated probabilities, one forward pass."""
+        return self.infer([Preprocessed(image) for image in images])[1]
 
     def answers(self, items: list[Preprocessed], top_k: int = 3) -> list[dict]:
-        """Preprocessed images -> predict objects; blanks get prediction None, no guess."""
+        """Preprocessed images -> predict objects; blanks get prediction None and no_digit."""
         found = [i for i, p in enumerate(items) if p.image is not None]
-        probs = self.probabilities(torch.stack([items[i].image for i in found])) if found else None
         k = max(1, min(top_k, len(self.class_names)))
-        results = [{"prediction": None, "name": self.blank_name, "confidence": None,
-                    "probabilities": None, "top_k": [], "reason": p.reason} for p in items]
+        results = [{"prediction": None, "name": self.blank_name, "confidence": None, "probabilities": None,
+                    "top_k": [], "status": "no_digit", "between": None, "reason": p.reason} for p in items]
+        if not found:
+            return results
+        _, probs, feats = self.infer([items[i] for i in found])
+        p_not = self.trust.not_digit_probability(feats)
         for row, i in enumerate(found):
             p = probs[row]  # (C,)
             values, indices = p.topk(k)
             best = int(indices[0])
+            status, between = self.trust.status(p, None if p_not is None else float(p_not[row]))
             results[i] = {
                 "prediction": best, "name": self.class_names[best], "confidence": round(float(values[0]), 6),
                 "probabilities": [round(float(v), 6) for v in p],
                 "top_k": [{"index": int(j), "name": self.class_names[int(j)], "probability": round(float(v), 6)}
                           for v, j in zip(values, indices)],
-                "inverted": items[i].inverted,
+                "status": status, "between": between, "inverted": items[i].inverted,
             }
+            if items[i].bbox is not None:
+                results[i]["box"] = list(items[i].bbox)
         return results
 
-    def predict_images(self, images: list[Image.Image], top_k: int = 3) -> list[dict]:
-        """PIL images -> one predict object each, all in one batched forward pass."""
-        return self.answers([self.preprocess(img) for img in images], top_k)
+    def predict_images(self, images: list, top_k: int = 3) -> list[dict]:
+        """Images (anything `as_image` takes) -> one predict object each, one batched forward pass."""
+        return self.answers([self.preprocess(as_image(img)) for img in images], top_k)
 
-    def predict_bytes(self, data: bytes, name: str = "upload", top_k: int = 3,
-                      include_input: bool = False) -> dict:
-        """Encoded image bytes -> predict object (+ "input_png" data URL: what the model saw)."""
-        seen = self.preprocess(open_image(data, name))
-        result = self.answers([seen], top_k)[0]
-        if include_input:
-            result["input_png"] = png_data_url(seen.image)
-        return result
+    def predict(self, x, top_k: int = 3, number: bool = False):
+        """One image or a list (paths, bytes, PIL images, numpy arrays, tensors) -> a predict
+        object or a list of them; number=True reads whole numbers (`number_answer`)."""
+        items = x if isinstance(x, list) else [x]
+        if number:
+            results = [self.predict_number(item) for item in items]
+        else:
+            results = self.predict_images(items, top_k)
+        return results if isinstance(x, list) else results[0]
+
+    def predict_number(self, x) -> dict:
+        """An image of a handwritten number -> {"number", "status", "digits": [...]}."""
+        if not self.digits:
+            raise LenetError(f"--number reads digits; this model's classes are {', '.join(self.class_names[:4])}, ...")
+        return self.number_answer(*read_number(as_image(x), self.top_probability))
+
+    def top_probability(self, items: list[Preprocessed]) -> list[float]:
+        """The calibrated probability of the top class of each found image (0 for blanks)."""
+        found = [p for p in items if p.image is not None]
+        top = self.infer(found)[1].max(dim=1).values.tolist() if found else []
+        return [top.pop(0) if p.image is not None else 0.0 for p in items]
+
+    def number_answer(self, digits: list[Preprocessed], reason: str | None) -> dict:
+        """read_number's digits -> the number object; `number` is null when none was found."""
+        if not digits:
+            return {"number": None, "status": "no_digit", "digits": [], "reason": reason}
+        answers = self.answers(digits, top_k=2)
+        statuses = {a["status"] for a in answers}
+        status = "ok" if statuses == {"ok"} else "not_a_digit" if statuses == {"not_a_digit"} else "unsure"
+        return {"number": "".join(a["name"] for a in answers), "status": status,
+                "digits": [{key: a[key] for key in ("prediction", "confidence", "status", "between", "box")}
+                           for a in answers]}
+
+
+def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Module]:
+    """A Sequential ending in a Linear -> (everything before it, the Linear): the part before
+    gives the penultimate features the not-a-digit detector reads. Else (None, model)."""
+    layers = list(model.children())
+    if isinstance(model, torch.nn.Sequential) and layers and isinstance(layers[-1], torch.nn.Linear):
+        return torch.nn.Sequential(*layers[:-1]).eval(), layers[-1]
+    return None, model
 
 
 def find_images(inputs: list[str], skip: Path | None = None
@@ -174,13 +232,22 @@ def format_row(path: str, result: dict, width: int) -> str:
     if result["prediction"] is None:
         return f"{path:<{width}}  {'-':<12} {'-':>6}  {result['name']}"
     others = "  ".join(f"{t['name']} {t['probability']:.1%}" for t in result["top_k"])
-    return f"{path:<{width}}  {result['name']:<12} {result['confidence']:>6.1%}  {others}"
+    note = {"ok": "", "unsure": "  (unsure)", "not_a_digit": "  (not a digit?)"}[result["status"]]
+    return f"{path:<{width}}  {result['name']:<12} {result['confidence']:>6.1%}  {others}{note}"
+
+
+def format_number_row(path: str, result: dict, width: int) -> str:
+    """One line of the readable table in --number mode."""
+    digits = " ".join(f"{d['prediction']}:{d['confidence']:.0%}" for d in result["digits"])
+    return f"{path:<{width}}  {result['number'] or '-':<12} {result['status']:<12} {digits or result.get('reason', '')}"
 
 
 def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_json: bool,
-                    save_input: str | None, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+                    save_input: str | None, out: IO[str] | None = None, err: IO[str] | None = None,
+                    number: bool = False) -> int:
     """`lenet predict`: print a JSON line or a table row per image, one stderr line per
-    input that failed. Exit code: 0 all predicted, 1 some failed, 2 none could be read."""
+    input that failed. Exit code: 0 all predicted, 1 some failed, 2 none could be read.
+    number=True reads each image as a whole number (`Predictor.predict_number`)."""
     out, err = out or sys.stdout, err or sys.stderr  # looked up now: callers may have redirected them
     if top_k < 1:
         raise LenetError(f"--top-k must be at least 1, got {top_k}")
@@ -189,31 +256,41 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
     out_dir = Path(save_input) if save_input else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise LenetError(f"{out_dir}: --save-input needs a folder, this is a file")
+    if number and out_dir is not None:
+        raise LenetError("--save-input saves one digit's 28x28 input; it does not go with --number")
     predictor = Predictor(checkpoint)
+    if number and not predictor.digits:
+        raise LenetError(f"--number reads digits; {predictor.dataset} models have other classes")
     done = failed = 0
     used: set[Path] = set()
     header = False
+    read = (lambda img: read_number(img, predictor.top_probability)) if number else predictor.preprocess
     # --save-input inside an input folder: its copies are not inputs (they would be found again)
     for chunk in _chunks(find_images(inputs, skip=out_dir), BATCH):
-        ready = []  # (shown name, file, root, preprocessed)
+        ready = []  # (shown name, file, root, preprocessed, or read_number's digits and reason)
         for shown, file, root, error in chunk:
             try:
                 if error:
                     raise LenetError(error)
-                ready.append((shown, file, root, predictor.preprocess(open_image(file, shown))))
+                ready.append((shown, file, root, read(open_image(file, shown))))
             except LenetError as exc:
                 failed += 1
                 print(f"lenet: error: {exc}", file=err, flush=True)
-        results = predictor.answers([seen for *_, seen in ready], top_k)
+        if number:
+            results = [predictor.number_answer(*found) for *_, found in ready]
+        else:
+            results = predictor.answers([seen for *_, seen in ready], top_k)
         width = max([len(shown) for shown, *_ in ready] + [4])
         if ready and not as_json and not header:
-            print(f"{'path':<{width}}  {'prediction':<12} {'conf':>6}  top {min(top_k, len(predictor.class_names))}",
+            print(f"{'path':<{width}}  {'number':<12} {'status':<12} digits" if number else
+                  f"{'path':<{width}}  {'prediction':<12} {'conf':>6}  top {min(top_k, len(predictor.class_names))}",
                   file=out)
             header = True
         for (shown, file, root, seen), result in zip(ready, results):
             if out_dir is not None:
                 result["saved_input"] = save_seen(out_dir, file, root, seen, used)
-            print(json.dumps({"path": shown, **result}) if as_json else format_row(shown, result, width), file=out)
+            row = format_number_row if number else format_row
+            print(json.dumps({"path": shown, **result}) if as_json else row(shown, result, width), file=out)
             done += 1
         out.flush()
     if failed and not done:

@@ -38,17 +38,72 @@ from PIL import Image
 from lenet import imageops  # called as imageops.NAME: bbox, label, pad are also local names here
 from lenet.errors import LenetError
 
+# --- every constant of the stages, in one place -------------------------------------------------
 MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs): 40 MP is a big phone photo
+# The formats read (Pillow's names; JPEG includes MPO, what some phones write). Pillow reads
+# 40 more, some with decoders written in Python (DDS, QOI: 90 s for 40 MP), some rarely
+# checked against hostile files: a digit never needs them.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, WebP, TIFF, PBM/PGM/PPM"
+SLOW_PIXELS = 250_000  # images whose layout Pillow decodes in Python (plain-text PNM, PNM with
+# an odd maxval, RLE BMP: about 0.5 MP/s) are refused above this, before decoding
+MAX_TILES = 20_000  # TIFF strips/tiles: Pillow loads each in a Python loop (20k: about 0.2 s)
 WORK_SIDE = 200  # long side the analysis runs at; a digit filling 1/5 of a photo keeps 40 px
 SMALL_SIDE = 48  # long side of the small copies the paper is fitted on and components found on
 OUT, BOX = 28, 20  # MNIST: a 20x20 box inside 28x28
 CENTRE = 14.0  # MNIST's centre of mass sits on pixel index 14 (measured: 13.99, 14.01)
+# Paper: a quadratic surface fitted by trimmed least squares (background).
+FIT_SIGMAS = 2.5  # a pixel within this many sigma of the surface is paper (refit on those)
+FIT_ROUNDS = 4  # refits; a clean canvas converges at once
+SURFACE_SHARE, PLANE_SHARE = 0.5, 0.25  # paper shares (and 64, 32 px) a quadratic, a plane needs
+TWO_LEVELS = 4.0  # Otsu's class medians this many paper sigmas apart: ink and paper, not noise
+FLAT = 0.1  # paper pixels change by less than this share of the ink's contrast per pixel
+CORE_SHARE = 0.02  # the flat paper must be at least this share of the image to be trusted
+OUTER = 0.75  # else (all blurred) the paper is its class's quarter farthest from the ink
+FRAME_DECISIVE = 0.1  # the light class holding 60% of the frame is the paper's; the dark one needs 70%
+DARK_PAPER = 0.35  # frame split evenly: dark paper only when the light class is under 35% of the image
+SHEET, ENCLOSED = 0.6, 0.05  # a class over 60% of the image holding under 5% of the frame: a sheet
+NOISE_FLOOR = 0.5  # grey levels: the least noise assumed (clean canvases have none)
+# Contrast and ink.
+INK_SIGMAS = 4.0  # smoothed ink this many noise sigmas above the paper may be ink
+CONTRAST_SIGMAS = 8.0  # the ink's contrast must be this many sigmas, and MIN_CONTRAST levels
+MIN_CONTRAST = 16.0  # grey levels (of 255) between ink and paper below which nothing is there
+# Components: the desk around a photographed sheet (touching 2+ borders) is solid or a frame.
+DESK_FILL = 0.8  # share of its box a solid desk region covers (a digit's strokes cover less)
+DESK_FRAME = 0.5  # share of the image's border a desk frame covers (a tight digit touches less)
 # Stroke width as 2*sum(v)/sum(|grad v|) in 20-box pixels: MNIST's 1st..99th percentile is
 # 1.8..4.4 (median 2.5). Outside [WIDTH_LO, WIDTH_HI] a stroke is thickened or thinned,
 # continuously: just past the limit to the limit, far past it further in (see _target_width).
 WIDTH_LO, WIDTH_HI = 1.8, 4.4
-MIN_CONTRAST = 16.0  # grey levels (of 255) between ink and paper below which nothing is there
 NO_DIGIT = "no digit found"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How an image becomes a model input: MNIST's way (DIGITS) or Fashion-MNIST's (OBJECTS).
+
+    One object instead of flags that must agree; GET /api/models serves it to the page.
+    """
+
+    name: str
+    box: int  # long side of the fitted ink in the 28x28 (MNIST 20, Fashion-MNIST 28)
+    center_by_mass: bool  # place by centre of mass (MNIST) or by the box's centre
+    paper: str  # "fit": a smooth surface under the majority/frame; "border": the image's frame
+    ink_share: float  # a pixel is ink above this share of the contrast
+    saturate_at: float  # quantile of the ink taken as full strength (MNIST's strokes are 255)
+    noise_sigmas: float  # paper noise taken off the soft ink, in sigmas
+    strokes: bool  # bring the stroke width into MNIST's range
+    rulings: bool  # take notebook rulings off
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "box": self.box, "center_by_mass": self.center_by_mass}
+
+
+DIGITS = Mode("digits", BOX, True, "fit", 0.4, 0.75, 2.5, True, True)
+# A garment may fill most of its photo (the paper is its border); grey levels are kept, no
+# stroke change, the long side fills all 28 px and the box is centred, as in Fashion-MNIST.
+OBJECTS = Mode("objects", OUT, False, "border", 0.1, 0.99, 0.0, False, False)
+MODES = {m.name: m for m in (DIGITS, OBJECTS)}
 
 
 @dataclass
@@ -69,10 +124,11 @@ def open_image(source: str | Path | bytes, name: str | None = None,
                max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a file or bytes into a loaded PIL image, or a LenetError naming the file.
 
-    Refuses missing files, directories, non-images, truncated data and images over
-    `max_pixels` (checked from the header, before decoding). Animated GIF/WebP: the first
-    frame. EXIF rotation is applied. Big JPEGs are decoded at 1/2..1/8 scale (DCT scaling):
-    preprocessing needs no more than WORK_SIDE pixels and this is most of the decode time.
+    Refuses missing files, directories, non-images, formats other than FORMATS, truncated
+    data and images over `max_pixels` (checked from the header, before decoding). Animated
+    GIF/WebP: the first frame. EXIF rotation is applied. Big JPEGs are decoded at 1/2..1/8
+    scale (DCT scaling): preprocessing needs no more than WORK_SIDE pixels and this is most
+    of the decode time.
     """
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     label = name or ("upload" if is_bytes else str(source))
@@ -82,13 +138,15 @@ def open_image(source: str | Path | bytes, name: str | None = None,
         fp = io.BytesIO(source)
     else:
         path = Path(source)
-        if path.is_dir():
-            raise LenetError(f"{label}: is a directory, not an image")
-        if not path.is_file():
-            raise LenetError(f"{label}: no such file")
-        if path.stat().st_size == 0:
-            raise LenetError(f"{label}: empty file, not an image")
-        try:
+        try:  # stat itself fails on a name too long for the file system, or a folder not readable
+            if path.is_dir():
+                raise LenetError(f"{label}: is a directory, not an image")
+            if not path.exists():
+                raise LenetError(f"{label}: no such file")
+            if not path.is_file():
+                raise LenetError(f"{label}: not a regular file (a device, FIFO or socket), not an image")
+            if path.stat().st_size == 0:
+                raise LenetError(f"{label}: empty file, not an image")
             fp = path.open("rb")  # Pillow reads only the header of a non-image, not the whole file
         except OSError as exc:
             raise LenetError(f"{label}: cannot read ({exc.strerror or exc})") from None
@@ -98,32 +156,135 @@ def open_image(source: str | Path | bytes, name: str | None = None,
 
 
 def _decode(fp, label: str, max_pixels: int) -> Image.Image:
-    """open_image's work on an open binary file."""
+    """open_image's work on an open binary file: any failure of a decoder on hostile data
+    (Pillow's plugins raise OSError, ValueError, NotImplementedError, struct.error, ...)
+    becomes one LenetError naming the file, and the decoding work is bounded from the
+    header, before decoding: pixels, pixels of layouts decoded in Python, TIFF tiles."""
     too_large = f"{label}: image too large (over {max_pixels:,} pixels)"
     try:
-        img = Image.open(fp)
+        img = Image.open(fp, formats=FORMATS)
     except Image.DecompressionBombError:
         raise LenetError(too_large) from None
-    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
-        raise LenetError(f"{label}: not an image (or a format Pillow cannot read)") from None
+    except Image.UnidentifiedImageError:
+        raise LenetError(f"{label}: not an image (or not one of the formats read: {FORMAT_NAMES})") from None
+    except Exception as exc:  # noqa: BLE001 - a forged header can make a plugin raise anything
+        raise LenetError(f"{label}: not an image, or its header is corrupt ({_why(exc)})") from None
     width, height = img.size
     if width * height > max_pixels:
         raise LenetError(f"{label}: image too large ({width}x{height} = {width * height:,} pixels, "
                          f"limit {max_pixels:,})")
     if width < 1 or height < 1:
         raise LenetError(f"{label}: image has no pixels")
-    if img.format == "JPEG" and max(width, height) > 2 * WORK_SIDE:
-        scale = 2 * WORK_SIDE / max(width, height)  # draft keeps at least this size
-        img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
+    tiles = getattr(img, "tile", None) or []
+    in_python = sorted({tile[0] for tile in tiles} & set(Image.DECODERS))  # Pillow's PyDecoders
+    if in_python and width * height > SLOW_PIXELS:
+        raise LenetError(f"{label}: image too large for its encoding ({width}x{height}; {in_python[0]} data "
+                         f"is decoded slowly, limit {SLOW_PIXELS:,} pixels: save it as PNG)")
+    if len(tiles) > MAX_TILES:
+        raise LenetError(f"{label}: image has too many strips or tiles ({len(tiles):,}, limit {MAX_TILES:,})")
     try:
+        if img.format in ("JPEG", "MPO") and max(width, height) > 2 * WORK_SIDE:
+            scale = 2 * WORK_SIDE / max(width, height)  # draft keeps at least this size
+            img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
         img.seek(0)  # first frame of an animation
         img.load()
         return upright(img)
     except Image.DecompressionBombError:
         raise LenetError(too_large) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        why = str(exc).strip() or type(exc).__name__
-        raise LenetError(f"{label}: truncated or corrupt image ({why})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on corrupt data
+        raise LenetError(f"{label}: truncated or corrupt image ({_why(exc)})") from None
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a short phrase for one line: its message (whitespace folded), else its type."""
+    text = " ".join(str(exc).split())[:160]
+    return text if text and not text.isdigit() else type(exc).__name__
+
+
+def as_image(item, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Whatever people have -> a loaded PIL image, or a LenetError in one line.
+
+    A path (str or Path), encoded bytes, a PIL image, a numpy array (H, W) or (H, W, 3|4), or
+    a torch tensor (H, W), (1|3|4, H, W) or (H, W, 3|4) (leading axes of size 1 dropped, any
+    dtype, device or layout); arrays and tensors hold integers 0..255, or floats in [0, 1].
+    """
+    if isinstance(item, Image.Image):
+        return _pil_image(item, name or "image", max_pixels)
+    if isinstance(item, (str, Path, bytes, bytearray, memoryview)):
+        return open_image(item, name, max_pixels)
+    if isinstance(item, torch.Tensor):
+        item = _tensor_array(item, name or "tensor", max_pixels)
+    if not isinstance(item, np.ndarray):
+        raise LenetError(f"{name or 'input'}: cannot read an image from a {type(item).__name__}; give a path, "
+                         "bytes, a PIL image, a numpy array or a torch tensor")
+    return _array_image(item, name or "array", max_pixels)
+
+
+def _pil_image(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
+    """A PIL image as given, size-checked and loaded: Image.open only read its header, and its
+    data may be corrupt or cut short."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise LenetError(f"{label}: image too large ({width}x{height}, limit {max_pixels:,} pixels)")
+    if width < 1 or height < 1:
+        raise LenetError(f"{label}: image has no pixels")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on corrupt data
+        raise LenetError(f"{label}: truncated or corrupt image ({_why(exc)})") from None
+    return img
+
+
+def _tensor_array(t: torch.Tensor, label: str, max_pixels: int) -> np.ndarray:
+    """A tensor of any dtype, device or layout -> a numpy array (H, W) or (H, W, C)."""
+    if t.numel() > 4 * max_pixels:
+        raise LenetError(f"{label}: tensor too large ({tuple(t.shape)}, limit {max_pixels:,} pixels)")
+    try:
+        t = t.detach()
+        t = t.to_dense() if t.layout != torch.strided else t
+        t = t.cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()  # numpy has no bfloat16
+        while t.dim() > 3 and t.shape[0] == 1:
+            t = t[0]  # a batch of one
+        if t.dim() == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (3, 4):
+            t = t.permute(1, 2, 0)  # channels first (torchvision's layout) -> (H, W, C)
+        return t.numpy()
+    except Exception as exc:  # noqa: BLE001 - meta tensors, dtypes numpy lacks, ...
+        raise LenetError(f"{label}: cannot read an image from this tensor ({_why(exc)})") from None
+
+
+def _array_image(arr: np.ndarray, label: str, max_pixels: int) -> Image.Image:
+    """(H, W) or (H, W, 1|3|4) integers 0..255 or [0, 1] floats -> a PIL image."""
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]  # a batch of one
+    if arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[2] not in (1, 3, 4):
+        arr = arr[0]  # (1, H, W): one channel first
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or 0 in arr.shape:
+        raise LenetError(f"{label}: an image array must be (H, W) or (H, W, 3|4), got shape {tuple(arr.shape)}")
+    if arr.shape[0] * arr.shape[1] > max_pixels:
+        raise LenetError(f"{label}: image too large ({arr.shape[1]}x{arr.shape[0]}, limit {max_pixels:,} pixels)")
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype.kind == "f" or arr.dtype == np.bool_:
+        with np.errstate(all="ignore"):  # float64 beyond float32's range becomes Inf: refused below
+            arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+            raise LenetError(f"{label}: a float image must hold values in [0, 1] (got NaN, Inf or values outside)")
+        arr = np.round(arr * 255).astype(np.uint8)
+    elif arr.dtype.kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise LenetError(f"{label}: an integer image must hold values 0..255, got {lo}..{hi}")
+        arr = arr.astype(np.uint8)
+    else:
+        raise LenetError(f"{label}: image arrays must hold integers 0..255 or floats in [0, 1], got {arr.dtype}")
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
 
 
 EXIF_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -144,8 +305,8 @@ def upright(img: Image.Image) -> Image.Image:
     return img.transpose(method) if method is not None else img
 
 
-def to_gray(img: Image.Image) -> np.ndarray:
-    """Any mode -> (H, W) float32 grey levels 0..255 at most WORK_SIDE on the long side.
+def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
+    """Any mode -> (H, W) float32 grey levels 0..255 at most `side` on the long side.
 
     Reduced first (integer box reduction: cheap, anti-aliased) when the mode allows it.
     Transparency counts as paper: transparent pixels take the colour that contrasts with
@@ -164,7 +325,7 @@ def to_gray(img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32)
         top = float(arr.max()) if arr.size else 1.0
         img = Image.fromarray(arr / (257.0 if top > 255 else 1.0), "F")
-    factor = -(-max(img.size) // WORK_SIDE)  # ceil
+    factor = -(-max(img.size) // side)  # ceil
 
     def small(channel: Image.Image) -> np.ndarray:
         return np.asarray(channel.reduce(factor) if factor > 1 else channel, dtype=np.float32)
@@ -185,50 +346,77 @@ def to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "F" else img.convert("L"), dtype=np.float32)
 
 
-def preprocess(img: Image.Image, center_by_mass: bool = True, *, digits: bool = True) -> Preprocessed:
-    """A PIL image of a digit (any size, mode, polarity) -> Preprocessed (1, 28, 28) or None.
+def preprocess(img: Image.Image, mode: Mode = DIGITS) -> Preprocessed:
+    """A PIL image of one digit (any size, mode, polarity) -> Preprocessed (1, 28, 28) or None.
 
-    digits=True follows MNIST: strokes saturated to white, width normalised, 20x20 box.
-    digits=False follows Fashion-MNIST: the paper is the image's border (an object may
-    fill most of the picture), grey levels are kept, no stroke change, the object's long
-    side fills all 28 pixels; pass center_by_mass=False with it (Fashion-MNIST centres the
-    box, not the mass).
+    DIGITS follows MNIST (strokes saturated to white, width normalised, 20x20 box, centre of
+    mass); OBJECTS follows Fashion-MNIST (see Mode).
     """
-    gray = to_gray(img)  # (H, W), long side <= WORK_SIDE
-    ink, smooth, dark, noise, noise_s = _ink(gray, digits)  # (H, W) each
-
-    def nothing(why: str, contrast: float = 0.0) -> Preprocessed:
-        return Preprocessed(None, f"{NO_DIGIT}: {why}", dark, contrast=contrast, noise=noise)
-
-    # Contrast: the strong class (Otsu) of what stands out of the noise. Without Otsu, a
-    # faint gradient left over on a big sheet would outvote a small digit.
-    strong = smooth[smooth > max(4.0 * noise_s, 4.0)]
-    contrast = imageops.median(strong[strong >= imageops.otsu(strong)]) if strong.size >= 3 else 0.0
-    if contrast < max(MIN_CONTRAST, 8.0 * noise_s):
-        return nothing("no ink stands out from the paper", contrast)
-    lines = _rulings(smooth, contrast) if digits else None
-    if lines is not None:
-        ink, smooth = np.maximum(ink - lines, 0.0), np.maximum(smooth - lines, 0.0)
-    mask = smooth > max(4.0 * noise_s, (0.4 if digits else 0.1) * contrast)  # (H, W) ink pixels
-    kept = _components(mask, smooth)
+    found = find_ink(img, mode)
+    if isinstance(found, Preprocessed):
+        return found  # nothing there, and why
+    kept = _components(found.mask, found.smooth)
     if kept is None:
-        return nothing("only ruling lines or the desk", contrast)
-    soft, (y0, x0) = _soft_crop(ink, mask, *kept, noise, digits)  # (h, w) in [0, 1], its offset
-    found = imageops.bbox(soft)
-    if found is None:
-        return nothing("the ink is too faint", contrast)
-    top, bottom, left, right = found
-    if max(bottom - top, right - left) < max(2, 0.02 * max(gray.shape)):
-        return nothing("only a speck", contrast)
-    crop = soft[top:bottom, left:right]
-    scale = max(img.size) / max(gray.shape)  # input pixels per working pixel
-    bbox = (int((x0 + left) * scale), int((y0 + top) * scale),
-            int(np.ceil((x0 + right) * scale)), int(np.ceil((y0 + bottom) * scale)))
+        return found.nothing("only ruling lines or the desk")
+    soft, (y0, x0) = _soft_crop(found.ink, found.mask, *kept, found.noise, mode)  # (h, w) in [0, 1]
+    crop_box = imageops.bbox(soft)
+    if crop_box is None:
+        return found.nothing("the ink is too faint")
+    top, bottom, left, right = crop_box
+    if max(bottom - top, right - left) < max(2, 0.02 * max(found.ink.shape)):
+        return found.nothing("only a speck")
+    bbox = found.input_box(y0 + top, y0 + bottom, x0 + left, x0 + right)
+    return to_model_input(soft[top:bottom, left:right], mode, found, bbox)
 
+
+@dataclass
+class InkImage:
+    """What the paper, contrast and ink stages found in an image, at working resolution."""
+
+    ink: np.ndarray  # (H, W) how far each pixel is from the paper towards the ink, grey levels >= 0
+    smooth: np.ndarray  # (H, W) the same, smoothed where the paper is noisy (decides what is ink)
+    mask: np.ndarray  # (H, W) bool: the ink pixels (rulings taken off)
+    dark: bool  # the ink is darker than the paper
+    noise: float  # robust std of the paper, grey levels
+    contrast: float  # ink minus paper, grey levels
+    scale: float  # input pixels per working pixel
+
+    def nothing(self, why: str) -> Preprocessed:
+        return Preprocessed(None, f"{NO_DIGIT}: {why}", self.dark, contrast=self.contrast, noise=self.noise)
+
+    def input_box(self, top: int, bottom: int, left: int, right: int) -> tuple[int, int, int, int]:
+        """A box in working pixels -> (left, top, right, bottom) in the input's pixels."""
+        s = self.scale
+        return int(left * s), int(top * s), int(np.ceil(right * s)), int(np.ceil(bottom * s))
+
+
+def find_ink(img: Image.Image, mode: Mode = DIGITS, side: int = WORK_SIDE) -> InkImage | Preprocessed:
+    """The paper, contrast and ink stages: an image -> its ink at <= `side` px, or a
+    Preprocessed with no image and the reason when no ink stands out of the paper."""
+    gray = to_gray(img, side)  # (H, W), long side <= side
+    paper = estimate_paper(gray, mode)
+    ink, smooth, noise_s = ink_map(gray, paper)  # (H, W) each
+    contrast = ink_contrast(smooth, noise_s)
+    found = InkImage(ink, smooth, np.zeros(gray.shape, bool), paper.dark, paper.noise, contrast,
+                     max(img.size) / max(gray.shape))
+    if contrast < max(MIN_CONTRAST, CONTRAST_SIGMAS * noise_s):
+        return found.nothing("no ink stands out from the paper")
+    lines = _rulings(smooth, contrast) if mode.rulings else None
+    if lines is not None:
+        found.ink, found.smooth = np.maximum(ink - lines, 0.0), np.maximum(smooth - lines, 0.0)
+    found.mask = found.smooth > max(INK_SIGMAS * noise_s, mode.ink_share * contrast)  # (H, W)
+    return found
+
+
+def to_model_input(crop: np.ndarray, mode: Mode, found: InkImage | None = None,
+                   bbox: tuple[int, int, int, int] | None = None) -> Preprocessed:
+    """A tight (h, w) crop of soft ink in [0, 1] -> the (1, 28, 28) model input: strokes to
+    MNIST's width (digits), fitted into the mode's box, placed by centre of mass or box."""
     width = change = 0.0
-    if digits:
-        crop, width, change = _normalise_strokes(crop, BOX)
-    out = _place(_fit(crop, BOX if digits else OUT), center_by_mass)  # (28, 28)
+    if mode.strokes:
+        crop, width, change = _normalise_strokes(crop, mode.box)
+    out = _place(_fit(crop, mode.box), mode.center_by_mass)  # (28, 28)
+    dark, contrast, noise = (found.dark, found.contrast, found.noise) if found else (False, 0.0, 0.0)
     return Preprocessed(torch.from_numpy(out)[None], None, dark, bbox, contrast, noise, width, change)
 
 
@@ -240,53 +428,138 @@ def to_png(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _ink(gray: np.ndarray, digits: bool = True) -> tuple[np.ndarray, np.ndarray, bool, float, float]:
-    """(H, W) grey -> (ink, smoothed ink, ink is dark, paper noise, noise of smoothed ink).
+@dataclass
+class Paper:
+    """The paper under the ink: its grey level everywhere, which side the ink is on, its noise."""
 
-    Ink is how far a pixel is from the paper towards the ink's side, in grey levels.
-    The smoothed copy (3x3 mean; not for small clean images such as MNIST itself, where
-    every pixel counts) decides what is ink: it has a third of the noise, or half for
-    JPEG noise, which is correlated between neighbours.
+    level: np.ndarray  # (H, W) grey level of the paper
+    dark: bool  # the ink is darker than the paper
+    noise: float  # robust std of the paper around `level`, grey levels (>= NOISE_FLOOR)
+
+
+def estimate_paper(gray: np.ndarray, mode: Mode = DIGITS) -> Paper:
+    """(H, W) grey -> the paper: a fitted smooth surface (digits) or the border's level (objects).
+
+    The noise is measured on the paper's side of the surface only (ink never lies there),
+    so it holds however much of the image the ink covers.
     """
-    paper, dark = background(gray) if digits else border_background(gray)
-    resid = gray - paper
-    paper_sample = (resid[::3, ::3] if gray.size > 9000 else resid) if digits else imageops.frame(resid)
-    noise = max(imageops.mad_sigma(paper_sample), 0.5)
-    ink = np.maximum(-resid if dark else resid, 0.0)  # (H, W) >= 0
-    if noise < 1.0 or (min(gray.shape) < 48 and noise < 3.0):  # a canvas, MNIST: nothing to smooth
-        return ink, ink, dark, noise, noise
-    return ink, imageops.box3(ink), dark, noise, max(noise / 2.0, 0.5)
+    level, dark = background(gray) if mode.paper == "fit" else border_background(gray)
+    resid = gray - level
+    if mode.paper == "fit":
+        sample = resid[::3, ::3] if gray.size > 9000 else resid
+        away = sample[sample >= 0] if dark else -sample[sample <= 0]  # the paper's side, >= 0
+        noise = 1.4826 * imageops.median(away)  # one-sided MAD: the median of |N(0, s)| is 0.674 s
+    else:
+        noise = imageops.mad_sigma(imageops.frame(resid))
+    return Paper(level, dark, max(noise, NOISE_FLOOR))
+
+
+def ink_map(gray: np.ndarray, paper: Paper) -> tuple[np.ndarray, np.ndarray, float]:
+    """(H, W) grey -> (ink, smoothed ink, noise of the smoothed ink).
+
+    Ink is how far a pixel is from the paper towards the ink's side, in grey levels. The
+    smoothed copy (3x3 mean; not for small clean images such as MNIST itself, where every
+    pixel counts) decides what is ink: it has a third of the noise, or half for JPEG noise,
+    which is correlated between neighbours.
+    """
+    resid = gray - paper.level
+    ink = np.maximum(-resid if paper.dark else resid, 0.0)  # (H, W) >= 0
+    if paper.noise < 1.0 or (min(gray.shape) < SMALL_SIDE and paper.noise < 3.0):  # a canvas, MNIST
+        return ink, ink, paper.noise
+    return ink, imageops.box3(ink), max(paper.noise / 2.0, NOISE_FLOOR)
+
+
+def ink_contrast(smooth: np.ndarray, noise: float) -> float:
+    """Ink minus paper in grey levels: the median of the strong class (Otsu) of what stands
+    out of the noise. Without Otsu, a faint gradient left on a big sheet would outvote a
+    small digit."""
+    strong = smooth[smooth > max(INK_SIGMAS * noise, 4.0)]
+    return imageops.median(strong[strong >= imageops.otsu(strong)]) if strong.size >= 3 else 0.0
 
 
 def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """(H, W) grey -> (paper level (H, W), ink is dark).
 
     The paper is a smooth surface (tint, lighting gradient, vignette): a quadratic in x and
-    y fitted to a small copy of the image by trimmed least squares. It starts from the
-    pixels near the median and each round refits on those within 2.5 sigma of the last fit,
-    so the ink is left out whichever its polarity, as long as paper is the majority.
+    y fitted to a small copy of the image by trimmed least squares. It starts from the paper
+    pixels `_paper_start` picks, and each round refits on the pixels within FIT_SIGMAS of
+    the last fit (never the ink's class of a two-level image), so the ink is left out
+    whichever its polarity. Where the paper is a minority (a tight crop) it is known only in
+    pieces around the ink, too few for a quadratic: a plane, or a flat level, is fitted.
     Polarity: the side with more mass beyond 3 sigma of the fit is the ink.
     """
     h, w = gray.shape
     factor = -(-max(h, w) // SMALL_SIDE)
     small = imageops.resize(gray, (max(1, w // factor), max(1, h // factor)))  # (h', w') area-averaged
     values = small.ravel()
-    terms = _poly_terms(*small.shape)  # (h'*w', 6)
-    sigma = imageops.mad_sigma(values)  # start from a flat sheet: the median is paper when paper is the majority
-    inliers = np.abs(values - imageops.median(values)) <= max(2.5 * sigma, 2.0)
-    for _ in range(4):
+    centre, sigma, allowed = _paper_start(small)  # allowed: (h'*w',) pixels that may be paper
+    inliers = allowed & (np.abs(values - centre) <= max(FIT_SIGMAS * sigma, 2.0))
+    share, count = float(inliers.mean()), int(inliers.sum())
+    degree = 2 if share >= SURFACE_SHARE and count >= 64 else 1 if share >= PLANE_SHARE and count >= 32 else 0
+    terms = _poly_terms(*small.shape)[:, :(1, 3, 6)[degree]]  # flat, plane or quadratic
+    for _ in range(FIT_ROUNDS):
         previous = inliers
-        a = terms[inliers]  # (n, 6); normal equations: a 6x6 solve, 100x faster than lstsq here
-        normal = (a.T @ a).astype(np.float64) + 1e-6 * np.eye(6)  # the ridge keeps 1-pixel images solvable
+        a = terms[inliers]  # (n, k); normal equations: a kxk solve, 100x faster than lstsq here
+        k = a.shape[1]
+        normal = (a.T @ a).astype(np.float64) + 1e-6 * np.eye(k)  # the ridge keeps 1-pixel images solvable
         coef = np.linalg.solve(normal, (a.T @ values[inliers]).astype(np.float64))
         resid = values - terms @ coef.astype(np.float32)
         sigma = imageops.mad_sigma(resid[inliers])
-        inliers = np.abs(resid) <= max(2.5 * sigma, 2.0)
-        if np.array_equal(inliers, previous):  # converged (at once for a clean canvas)
+        inliers = allowed & (np.abs(resid) <= max(FIT_SIGMAS * sigma, 2.0))
+        if not inliers.any() or np.array_equal(inliers, previous):  # converged (at once for a clean canvas)
             break
     floor = 3.0 * sigma + 2.0
     dark = float(np.maximum(-resid - floor, 0).sum()) >= float(np.maximum(resid - floor, 0).sum())
-    return _quadratic(coef, h, w), dark
+    paper = values[inliers] if inliers.any() else values
+    # Between the paper's own darkest and lightest: never dipping into the ink between its pieces.
+    level = np.clip(_quadratic(np.pad(coef, (0, 6 - len(coef))), h, w), paper.min(), paper.max())
+    return level, dark
+
+
+def _paper_start(small: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(h, w) small grey copy -> (level, sigma, the pixels that may be paper (h*w,) bool).
+
+    Otsu splits the image into two grey classes and `paper_is_light` names the paper's. Its
+    flat pixels (no blurred ink edge runs through them) give the paper's level and noise.
+    When the ink's class lies TWO_LEVELS of that noise away, the image is ink on paper
+    (however blurred) and only the paper's class may be paper. Anything else (paper alone,
+    noise, a gradient) starts from the median, which is paper when paper is the majority.
+    """
+    values = small.ravel()
+    light = small >= imageops.otsu(values)  # (h, w)
+    paper = light.ravel() if paper_is_light(light) else ~light.ravel()
+    if paper.any() and not paper.all():
+        middle, ink = imageops.median(values[paper]), imageops.median(values[~paper])
+        gy, gx = np.gradient(small) if min(small.shape) > 1 else (np.zeros_like(small),) * 2
+        core = paper & (np.hypot(gx, gy).ravel() <= FLAT * abs(middle - ink))  # (h*w,) flat paper
+        if core.sum() < max(4, CORE_SHARE * values.size):  # all blurred: its part farthest from the ink
+            far = imageops.quantile(values[paper], OUTER if middle > ink else 1.0 - OUTER)
+            core = paper & ((values >= far) if middle > ink else (values <= far))
+        if core.sum() >= 2:
+            level, spread = imageops.median(values[core]), imageops.mad_sigma(values[core])
+            if abs(level - imageops.median(values[~paper])) >= TWO_LEVELS * max(spread, 1.0):
+                return level, spread, paper
+    return imageops.median(values), imageops.mad_sigma(values), np.ones(values.shape, bool)
+
+
+def paper_is_light(light: np.ndarray) -> bool:
+    """Of an image's two grey classes ((h, w) bool: the light one), is the light one paper?
+
+    The class covering most of the image's outer frame: even in a tight crop the ink touches
+    the edges only where its strokes end. But a class covering most of the image while the
+    frame is the other's is a sheet photographed with the desk all around it. When the
+    frame is split evenly, light paper (the usual photo or scan) unless the light class
+    clearly is the minority.
+    """
+    share = float(light.mean())
+    framed = float(imageops.frame(light.astype(np.float32), 1).mean())
+    if share >= SHEET and framed <= ENCLOSED:
+        return True  # a light sheet inside a dark frame
+    if share <= 1.0 - SHEET and framed >= 1.0 - ENCLOSED:
+        return False  # a dark slate on a light table
+    if framed >= 0.5 + FRAME_DECISIVE or framed <= 0.5 - 2 * FRAME_DECISIVE:  # dark paper needs more
+        return framed > 0.5
+    return share > DARK_PAPER  # light paper unless the light class is clearly the ink
 
 
 @lru_cache(maxsize=16)
@@ -350,21 +623,26 @@ def _components(mask: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, int] | 
     h, w = mask.shape
     cell = -(-max(h, w) // SMALL_SIDE)
     ph, pw = -(-h // cell) * cell, -(-w // cell) * cell
-    coarse = np.zeros((ph, pw), dtype=np.float32)
-    coarse[:h, :w] = np.where(mask, mass, 0.0)
-    coarse = coarse.reshape(ph, pw // cell, cell).sum(2).reshape(ph // cell, cell, pw // cell).sum(1)  # ink mass
-    keep = _keep_components(coarse > 0, coarse)
+
+    def per_cell(values: np.ndarray) -> np.ndarray:  # (H, W) -> (ph/cell, pw/cell) sums
+        full = np.zeros((ph, pw), dtype=np.float32)
+        full[:h, :w] = values
+        return full.reshape(ph, pw // cell, cell).sum(2).reshape(ph // cell, cell, pw // cell).sum(1)
+
+    coarse = per_cell(np.where(mask, mass, 0.0))  # ink mass per cell
+    keep = _keep_components(coarse > 0, coarse, per_cell(mask) / (cell * cell))
     return None if keep is None else (keep, cell)
 
 
-def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
-    """(h, w) coarse ink mask and ink mass -> the mask of the digit's parts, or None.
+def _keep_components(mask: np.ndarray, mass: np.ndarray, cover: np.ndarray) -> np.ndarray | None:
+    """(h, w) coarse ink mask, ink mass and ink share of each cell -> the digit's parts, or None.
 
     The heaviest component is the digit; another is kept when heavy (a stroke the pen
     lifted from) or light but close (a broken stroke), and dropped when it is speckle.
     Not the digit (unless nothing else is there): a ruling line crossing the page (touches
-    two opposite borders, thin), the desk around a photographed sheet (touches three
-    borders, or fills a corner: two adjacent borders and most of its box).
+    two opposite borders, thin), the desk around a photographed sheet (touches two or more
+    borders and is solid, or runs along most of the border). A tightly cropped digit touches
+    all four borders, but only where its strokes end.
     """
     ys, xs = np.nonzero(mask)
     ids, inv = np.unique(imageops.label(ys, xs, mask.shape), return_inverse=True)
@@ -377,9 +655,11 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
     at_top, at_bottom, at_left, at_right = top == 0, bottom == h, left == 0, right == w
     ruling = ((at_left & at_right & (bottom - top <= max(1, 0.08 * h)))
               | (at_top & at_bottom & (right - left <= max(1, 0.08 * w))))
-    fill = np.bincount(inv, minlength=n) / ((bottom - top) * (right - left))
-    corner = (at_top | at_bottom) & (at_left | at_right) & (fill > 0.6)
-    desk = (at_top.astype(int) + at_bottom + at_left + at_right >= 3) | corner
+    fill = np.bincount(inv, weights=cover[ys, xs], minlength=n) / ((bottom - top) * (right - left))
+    on_border = (ys == 0) | (ys == h - 1) | (xs == 0) | (xs == w - 1)
+    border = np.bincount(inv[on_border], minlength=n) / max(2 * (h + w) - 4, 1)  # share of the border
+    borders = at_top.astype(int) + at_bottom + at_left + at_right
+    desk = (borders >= 2) & ((fill >= DESK_FILL) | (border >= DESK_FRAME))
     if n > 1:
         weight = np.where(ruling | desk, 0.0, weight)
     main = int(np.argmax(weight))
@@ -396,7 +676,7 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray) -> np.ndarray | None:
 
 
 def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, noise: float,
-               digits: bool) -> tuple[np.ndarray, tuple[int, int]]:
+               mode: Mode) -> tuple[np.ndarray, tuple[int, int]]:
     """The kept components' box (+2 px) as soft ink in [0, 1] -> (array, (top, left) offset).
 
     Only ink within 1 px of a kept mask pixel counts (its anti-aliased edge, not the
@@ -410,8 +690,8 @@ def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, n
     keep = cells[y0 + 2:y1 + 2, x0 + 2:x1 + 2] & mask[y0:y1, x0:x1]  # (h, w) the digit's ink pixels
     near = imageops.max_filter(keep.astype(np.float32), 1) > 0
     ink = ink[y0:y1, x0:x1]
-    level = imageops.quantile(ink[keep], 0.75 if digits else 0.99)
-    floor = 2.5 * noise if digits else 0.0
+    level = imageops.quantile(ink[keep], mode.saturate_at)
+    floor = mode.noise_sigmas * noise
     soft = np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0)
     return np.where(near, soft, 0.0).astype(np.float32), (y0, x0)
 

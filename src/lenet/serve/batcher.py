@@ -8,6 +8,9 @@ by themselves and the model's forward pass is paid once per batch, not once per 
 
     batcher = Batcher(run_batch, executor, workers=2)  # run_batch(items) -> a result or exception each
     result = await batcher.submit(item)                 # raises the exception run_batch gave for item
+
+If run_batch itself raises for a batch, each of its items is run again alone, so only the
+items that make it fail get the exception: one bad request never fails the others.
 """
 
 from __future__ import annotations
@@ -43,15 +46,10 @@ class Batcher:
         return await future
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._pending:
             batch = self._pending[:self.max_batch]
             del self._pending[:self.max_batch]
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in batch])
-            except Exception as exc:  # a bug in run_batch: everyone in the batch sees it
-                results = [exc] * len(batch)
-            self.batches += 1
+            results = await self._run([item for item, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # its caller was cancelled
                     continue
@@ -59,3 +57,17 @@ class Batcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    async def _run(self, items: list[Any]) -> list[Any]:
+        """run_batch(items) on a worker thread; if it raises (a bug), each item alone."""
+        loop = asyncio.get_running_loop()
+        self.batches += 1
+        try:
+            results = list(await loop.run_in_executor(self.executor, self.run_batch, items))
+            if len(results) != len(items):  # else the futures past the end would never be answered
+                raise RuntimeError(f"run_batch gave {len(results)} results for {len(items)} items")
+            return results
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            return [(await self._run([item]))[0] for item in items]

@@ -3,15 +3,18 @@
     lenet serve                                   # http://127.0.0.1:8000/
     lenet serve --port 0                          # any free port; the URL line says which
     lenet serve --checkpoint mnist --checkpoint fashion-mnist --checkpoint runs/x/model.safetensors
+    lenet serve --host 0.0.0.0 --allow-host digits.lan   # reachable from the network by that name
 
 Binding before uvicorn starts turns a busy port into one clear error line, and with
-`--port 0` the printed URL is the real one (the browser test relies on that).
+`--port 0` the printed URL is the real one (the browser test relies on that). uvicorn runs
+its h11 protocol with this package's deadlines and connection cap (protocol.py), and the
+app answers only to loopback names, the address it listens on and each --allow-host
+(hosts.py).
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -20,13 +23,11 @@ import torch
 import uvicorn
 
 from lenet.errors import LenetError
-from lenet.serve.app import MAX_WAITING, create_app
+from lenet.serve.app import create_app
+from lenet.serve.hosts import is_loopback
+from lenet.serve.protocol import ConnectionLimits, guarded_h11
 
-# Connections plus running requests uvicorn admits; past this it answers 503 (plain text,
-# before the app sees the request). A little above MAX_WAITING leaves room for /healthz,
-# the page and idle keep-alive connections while predictions are queued, and bounds the
-# connections a client can hold open (each with its buffers) however slowly it sends.
-LIMIT_CONCURRENCY = MAX_WAITING + 32
+WILDCARDS = {"0.0.0.0", "::", ""}  # listen on every address: no one name to answer to
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -53,34 +54,50 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def make_server(app, **options) -> uvicorn.Server:
+def make_server(app, limits: ConnectionLimits = ConnectionLimits(), **options) -> uvicorn.Server:
     """uvicorn without access logs (they cost a tenth of the throughput and say little
-    here), with the connection count bounded by LIMIT_CONCURRENCY."""
-    options = {"limit_concurrency": LIMIT_CONCURRENCY, **options}
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
-                            timeout_graceful_shutdown=3, **options)
+    here), on h11 with per-connection deadlines and a connection cap (protocol.py).
+
+    Not uvicorn's limit_concurrency: it answers 503 to every request once that many
+    connections are open, which is what let slow clients take the server down."""
+    config = uvicorn.Config(app, http=guarded_h11(limits), log_level="warning", access_log=False,
+                            server_header=False, timeout_graceful_shutdown=3, **options)
     return uvicorn.Server(config)
 
 
+def check_port(port: int) -> None:
+    # The OS would take 99999 modulo 65536 and serve on 34463 without a word.
+    if not 0 <= port <= 65535:
+        raise LenetError(f"port {port} is out of range: use 0-65535 (0 picks a free port)")
+
+
+def host_names(host: str, allow_hosts: list[str]) -> list[str]:
+    """The names the app answers to besides loopback: the address it listens on, unless
+    that is every address, and each --allow-host."""
+    return ([] if host in WILDCARDS else [host]) + list(allow_hosts)
+
+
+def reachable(host: str) -> str:
+    """The warning for a server other machines can reach: by which names."""
+    if host in WILDCARDS:
+        return (f"listening on {host}: reachable from other machines, by the names given with "
+                "--allow-host (only loopback names are answered otherwise)")
+    return f"listening on {host}: reachable from other machines as {host} (more names: --allow-host NAME)"
+
+
 def serve_command(checkpoints: list[str | Path | None] | None = None, host: str = "127.0.0.1",
-                  port: int = 8000) -> int:
+                  port: int = 8000, allow_hosts: list[str] | None = None) -> int:
     """What `lenet serve` runs: prints the URL, then serves until Ctrl+C (KeyboardInterrupt)."""
+    check_port(port)
     sock = bind_socket(host, port)
     # One torch thread per calling thread: LeNet's ops are too small to split, and on a
     # small machine extra intra-op threads only fight the event loop for the cores
     # (measured: a batch-of-1 forward went from 0.6 ms to 6 ms on a busy 2-core box).
     torch.set_num_threads(1)
     try:
-        app = create_app(checkpoints or [None])
+        app = create_app(checkpoints or [None], allowed_hosts=host_names(host, allow_hosts or []))
         if not is_loopback(host):
-            print(f"warning: listening on {host}: reachable from other machines", file=sys.stderr)
+            print(f"warning: {reachable(host)}", file=sys.stderr)
         print(f"lenet serve: {url_of(sock)} (models: {', '.join(app.state.models)}; Ctrl+C to stop)",
               flush=True)
         # On Ctrl+C uvicorn shuts down cleanly, then re-raises the KeyboardInterrupt: the

@@ -1,13 +1,16 @@
 """The body of `POST /api/predict` -> the image's bytes, or an ApiError with a 4xx status.
 
-Accepted: raw image bytes (`Content-Type: image/png|jpeg|bmp|webp` or
-`application/octet-stream`) or `multipart/form-data` with one file part.
+Accepted: raw image bytes (`Content-Type: image/png|jpeg|bmp|gif|webp` or
+`application/octet-stream`) or `multipart/form-data` with one file part. A GIF is read from
+its first frame.
 
     curl -H 'Content-Type: image/png' --data-binary @digit.png localhost:8000/api/predict
     curl -F file=@digit.jpg localhost:8000/api/predict
 
 The size limit is enforced while reading: a `Content-Length` over it is refused before a
-byte is read, and a chunked body is abandoned as soon as it passes the limit.
+byte is read, and a chunked body is abandoned as soon as it passes the limit. The bytes of
+all bodies being received at once are bounded too (BodyBudget): a slow upload holds only
+what it has sent, so slow uploads neither take the server's memory nor its queue slots.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-RAW_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/webp",
-             "application/octet-stream"}
+RAW_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/gif",
+             "image/webp", "application/octet-stream"}
 MULTIPART = "multipart/form-data"
 # Leading bytes of the formats we decode; anything else never reaches the image decoder.
-SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",)}
+SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",),
+              "GIF": (b"GIF87a", b"GIF89a")}
+FORMATS = "PNG, JPEG, BMP, GIF or WebP"  # for error messages
 
 
 class ApiError(Exception):
@@ -35,7 +40,7 @@ class ApiError(Exception):
 
 
 def image_format(data: bytes) -> str | None:
-    """'PNG', 'JPEG', 'BMP' or 'WEBP' from the first bytes, else None."""
+    """'PNG', 'JPEG', 'BMP', 'GIF' or 'WEBP' from the first bytes, else None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     for name, prefixes in SIGNATURES.items():
@@ -60,22 +65,56 @@ def check_length(request: Request, limit: int) -> None:
         raise ApiError(413, f"body of {int(declared):,} bytes is over the limit of {limit:,} bytes")
 
 
-async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks, stopping with a 413 as soon as more than `limit` bytes arrived."""
-    total = 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise ApiError(413, f"body is over the limit of {limit:,} bytes")
-            yield chunk
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected before sending the whole body") from None
+class BodyBudget:
+    """The bytes of request bodies being received right now, all requests together.
+
+    Past `limit`, an upload gets a 503 instead of more memory. Counting bytes rather than
+    requests lets any number of slow uploads in (each holds only what it has sent; the
+    server's deadlines close them, protocol.py) without letting uploads take unbounded memory.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise ApiError(503, f"server busy: {self.held:,} bytes of uploads are arriving; retry shortly")
+        self.held += n
+
+    def give_back(self, n: int) -> None:
+        self.held -= n
 
 
-async def read_multipart_file(request: Request, limit: int) -> bytes:
+class BodyReader:
+    """One request's body: chunks under the size limit, held against the budget until `close`."""
+
+    def __init__(self, request: Request, limit: int, budget: BodyBudget | None):
+        self.request, self.limit = request, limit
+        self.budget = budget or BodyBudget(limit)
+        self.total = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's chunks, stopping with a 413 as soon as more than `limit` bytes arrived."""
+        try:
+            async for chunk in self.request.stream():
+                if self.total + len(chunk) > self.limit:
+                    raise ApiError(413, f"body is over the limit of {self.limit:,} bytes")
+                self.budget.take(len(chunk))
+                self.total += len(chunk)
+                yield chunk
+        except ClientDisconnect:
+            raise ApiError(400, "the client disconnected before sending the whole body") from None
+
+    def close(self) -> None:
+        """The body is read (or abandoned): its bytes no longer count against the budget."""
+        self.budget.give_back(self.total)
+        self.total = 0
+
+
+async def read_multipart_file(body: BodyReader, limit: int) -> bytes:
     """Bytes of the first file part of a multipart body (any field name)."""
-    parser = MultiPartParser(request.headers, limited_stream(request, limit),
+    parser = MultiPartParser(body.request.headers, body.chunks(),
                              max_files=1, max_fields=16, max_part_size=limit)
     try:
         form = await parser.parse()
@@ -90,20 +129,24 @@ async def read_multipart_file(request: Request, limit: int) -> bytes:
         await form.close()
 
 
-async def read_image_bytes(request: Request, limit: int) -> bytes:
+async def read_image_bytes(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
     """The uploaded image's bytes, checked for type, size, emptiness and format."""
     kind = media_type(request)
     if kind != MULTIPART and kind not in RAW_TYPES:
         raise ApiError(415, f"Content-Type {kind or '(none)'!r} is not accepted: send image bytes with "
-                       "Content-Type image/png, image/jpeg, image/bmp or image/webp, or a "
+                       "Content-Type image/png, image/jpeg, image/bmp, image/gif or image/webp, or a "
                        "multipart/form-data upload")
     check_length(request, limit)
-    if kind == MULTIPART:
-        data = await read_multipart_file(request, limit)
-    else:
-        data = b"".join([chunk async for chunk in limited_stream(request, limit)])
+    body = BodyReader(request, limit, budget)
+    try:
+        if kind == MULTIPART:
+            data = await read_multipart_file(body, limit)
+        else:
+            data = b"".join([chunk async for chunk in body.chunks()])
+    finally:
+        body.close()
     if not data:
-        raise ApiError(400, "empty body: send the bytes of a PNG, JPEG, BMP or WebP image")
+        raise ApiError(400, f"empty body: send the bytes of a {FORMATS} image")
     if image_format(data) is None:
-        raise ApiError(400, "the body is not a PNG, JPEG, BMP or WebP image")
+        raise ApiError(400, f"the body is not a {FORMATS} image")
     return data

@@ -1,22 +1,34 @@
 "use strict";
-/* lenet drawing page: draw (or drop a photo) -> POST /api/predict -> top guess and bars.
+/* lenet drawing page: draw (or drop a photo) -> POST /api/predict -> top guess and bars,
+   or with "Several digits" POST /api/predict?number=true -> the number and each digit's box.
    Plain JS, no dependencies, no build step; main() at the bottom wires everything. */
 
-// Stroke width as a fraction of the canvas side. A digit drawn about 65% of the canvas
-// tall is scaled to MNIST's 20-pixel box, which makes this a ~2.4-pixel stroke (measured
-// by preprocess: MNIST's median is 2.5, and it leaves 1.7..4.6 alone).
-const STROKE = 0.09;
+// Pen width as a fraction of the canvas side, so it is the same pen on a phone and a desktop
+// whatever the pixel density. A digit drawn 65% of the canvas tall is scaled to MNIST's
+// 20-pixel box, which makes this a ~1.8-pixel stroke (preprocess brings strokes into MNIST's
+// 1.7..4.6); a digit drawn 15% tall, as in a number, gets ~8 px instead of a blob (at 0.09,
+// three digits that small were read "788" instead of "735").
+const STROKE = 0.06;
+const TINY = 0.25; // ink whose long side is under this share of the canvas: "draw bigger"
+const TINY_NUMBER = 0.15; // several digits: the tallest under this share of the canvas
 const THROTTLE_MS = 90; // while drawing, ask for a prediction at most this often
 const SEND_SIDE = 280; // the canvas is sent at this size, whatever the screen's pixel density
 const UPLOAD_MAX_SIDE = 1600; // a photo over the size limit is scaled to this and re-encoded
-const ACCEPTED = ["image/png", "image/jpeg", "image/bmp", "image/webp"];
-const IDS = ["draw-title", "canvas", "pad", "drop-hint", "clear", "upload", "file", "model-picker", "model",
-  "draw-hint", "top", "mini", "confidence", "seen", "seen-empty", "bars", "status"];
+const ACCEPTED = ["image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"]; // GIF: its first frame
+const IDS = ["draw-title", "canvas", "pad", "boxes", "drop-hint", "clear", "upload", "file", "model-picker", "model",
+  "several", "advice", "draw-hint", "top", "mini", "confidence", "verdict", "seen-figure", "seen", "seen-empty",
+  "bars", "digits", "status", "result"];
+// Where the image sent lies on the canvas: canvas share = x0 + image pixel * sx (boxes, "draw bigger").
+const DRAWN = { photo: false, x0: 0, y0: 0, sx: 1 / SEND_SIDE, sy: 1 / SEND_SIDE };
+// A status's look: the class of the guess, its digit boxes and its badge.
+const LOOK = { ok: "", unsure: "unsure", not_a_digit: "reject", no_digit: "none" };
 
 const el = {}; // the page's elements by id
 const state = {
   models: [], // from GET /api/models
-  digits: true, // the selected model reads digits (else Fashion-MNIST-like classes)
+  digits: true, // the selected model reads digits (its mode from GET /api/models; else Fashion-MNIST-like items)
+  classNames: [], // the selected model's
+  number: false, // "Several digits": read a whole number (digit models only)
   model: null, // the selected model's name
   maxBytes: 5 * 1024 * 1024,
   ctx: null,
@@ -24,6 +36,7 @@ const state = {
   last: null, // last point of the stroke, in canvas pixels
   inked: false, // something to predict is on the canvas
   upload: null, // a photo's bytes to send instead of the canvas, until the next stroke
+  frame: DRAWN, // where the image sent lies on the canvas
   timer: 0,
   busy: false, // one request at a time, so answers arrive in order
   again: false, // the picture changed while a request was out
@@ -62,6 +75,13 @@ function inkLine(from, to) {
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
   ctx.beginPath();
+  if (from.x === to.x && from.y === to.y) {
+    // A tap: canvas drops a zero-length line (round cap or not), so draw the pen's disc.
+    ctx.fillStyle = "#000";
+    ctx.arc(from.x, from.y, ctx.lineWidth / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    return;
+  }
   ctx.moveTo(from.x, from.y);
   ctx.lineTo(to.x, to.y);
   ctx.stroke();
@@ -73,6 +93,7 @@ function onPointerDown(event) {
   el.canvas.setPointerCapture(event.pointerId);
   state.pointer = event.pointerId;
   state.upload = null; // drawing over a photo: from now on the canvas is what we send
+  state.frame = DRAWN;
   state.last = canvasPoint(event);
   inkLine(state.last, state.last); // a tap leaves a dot
   state.inked = true;
@@ -101,8 +122,11 @@ function clearAll() {
   state.generation += 1;
   state.inked = false;
   state.upload = null;
+  state.frame = DRAWN;
   clearTimeout(state.timer);
   state.timer = 0;
+  state.again = false; // an answer still on its way is dropped (generation)
+  markBusy();
   paintPaper();
   showIdle();
 }
@@ -112,7 +136,7 @@ function clearAll() {
 async function useFile(file) {
   if (!file) return;
   if (!ACCEPTED.includes(file.type)) {
-    showError(`${file.name}: not a PNG, JPEG, BMP or WebP image`);
+    showError(`${file.name}: not a PNG, JPEG, BMP, GIF or WebP image`);
     return;
   }
   let bitmap;
@@ -126,7 +150,13 @@ async function useFile(file) {
   drawPhoto(bitmap);
   state.inked = true;
   // The original bytes go to the server; only a photo over the limit is shrunk first.
-  state.upload = file.size <= state.maxBytes ? file : await shrink(bitmap);
+  if (file.size <= state.maxBytes) {
+    state.upload = file;
+  } else {
+    state.upload = await shrink(bitmap);
+    const scale = shrinkScale(bitmap); // the boxes come back in the shrunk photo's pixels
+    state.frame = { ...state.frame, sx: state.frame.sx / scale, sy: state.frame.sy / scale };
+  }
   bitmap.close();
   el.status.classList.remove("error");
   el.status.textContent = `Photo: ${file.name}`;
@@ -141,10 +171,16 @@ function drawPhoto(bitmap) {
   const h = bitmap.height * scale;
   paintPaper();
   state.ctx.drawImage(bitmap, (side - w) / 2, (side - h) / 2, w, h);
+  state.frame = { photo: true, x0: (side - w) / 2 / side, y0: (side - h) / 2 / side,
+    sx: scale / side, sy: scale / side };
+}
+
+function shrinkScale(bitmap) {
+  return Math.min(1, UPLOAD_MAX_SIDE / Math.max(bitmap.width, bitmap.height));
 }
 
 function shrink(bitmap) {
-  const scale = Math.min(1, UPLOAD_MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+  const scale = shrinkScale(bitmap);
   const canvas = document.createElement("canvas");
   canvas.width = Math.round(bitmap.width * scale);
   canvas.height = Math.round(bitmap.height * scale);
@@ -169,8 +205,14 @@ function setupDrop() {
 
 /* ---------- talking to the server ---------- */
 
+function markBusy() {
+  // aria-busy on the result panel while an answer is due (a request out or about to go).
+  el.result.setAttribute("aria-busy", String(state.busy || state.again || Boolean(state.timer)));
+}
+
 function predictSoon() {
   if (!state.timer) state.timer = setTimeout(() => predictNow(), THROTTLE_MS);
+  markBusy();
 }
 
 async function predictNow() {
@@ -180,13 +222,18 @@ async function predictNow() {
     state.again = true;
     return;
   }
-  if (!state.inked) return;
+  if (!state.inked) {
+    markBusy();
+    return;
+  }
   state.busy = true;
+  markBusy();
   const generation = state.generation;
+  const frame = state.frame; // the answer's boxes are in this picture's pixels
   try {
     const body = state.upload || (await canvasBlob());
     const result = await postImage(body);
-    if (generation === state.generation) showResult(result);
+    if (generation === state.generation) showResult(result, frame);
   } catch (error) {
     if (generation === state.generation) showError(error.message);
   } finally {
@@ -195,6 +242,7 @@ async function predictNow() {
       state.again = false;
       predictNow();
     }
+    markBusy();
   }
 }
 
@@ -212,6 +260,7 @@ function canvasBlob() {
 async function postImage(blob) {
   const params = new URLSearchParams({ include_input: "true", top_k: "2" });
   if (state.model) params.set("model", state.model);
+  if (state.number) params.set("number", "true");
   const response = await fetch(`/api/predict?${params}`, {
     method: "POST",
     headers: { "Content-Type": blob.type || "application/octet-stream" },
@@ -244,14 +293,34 @@ function selectModel(name) {
   state.model = name;
   el.model.value = name;
   const model = state.models.find((m) => m.name === name);
-  buildBars(model ? model.class_names : []);
-  state.digits = !model || model.class_names.every((name, i) => name === String(i));
-  el["draw-title"].textContent = state.digits ? "Draw one digit" : "Draw or upload an item";
-  el["draw-hint"].textContent = state.digits
-    ? "Draw large, in the middle. Or drop a photo of a handwritten digit on the square."
-    : "Draw the outline of a garment or a shoe, or drop a photo of one on the square.";
-  if (state.inked) predictNow();
-  else showIdle();
+  state.classNames = model ? model.class_names : [];
+  buildBars(state.classNames);
+  // The server says how the model's inputs are made (GET /api/models' mode): digits or objects.
+  state.digits = !model || !model.mode || model.mode.name === "digits";
+  el.several.disabled = !state.digits; // numbers are made of digits
+  if (!state.digits) el.several.checked = false;
+  setMode();
+}
+
+function setMode() {
+  // One digit or several: the titles, and an answer for the picture as it is now.
+  state.number = state.digits && el.several.checked;
+  state.generation += 1; // an answer still on its way is for the other model or mode
+  el["draw-title"].textContent = state.number ? "Draw a number"
+    : state.digits ? "Draw one digit" : "Draw or upload an item";
+  el["draw-hint"].textContent = state.number
+    ? "Write the digits side by side, a little apart. Or drop a photo of a handwritten number."
+    : state.digits ? "Draw large, in the middle. Or drop a photo of a handwritten digit on the square."
+      : "Draw the outline of a garment or a shoe, or drop a photo of one on the square.";
+  el.bars.hidden = state.number;
+  el["seen-figure"].hidden = state.number; // each digit's input is in the digit list instead
+  el.digits.hidden = !state.number;
+  if (!state.inked) {
+    showIdle();
+    return;
+  }
+  clearAnswer("Reading…"); // no answer of the other mode stays up while this one's is on its way
+  predictNow();
 }
 
 /* ---------- showing results ---------- */
@@ -281,11 +350,27 @@ function setBars(probabilities, best) {
   });
 }
 
-function setTop(text, kind, confidence) {
+function setTop(text, look, mini) {
   el.top.textContent = text;
-  el.top.className = `top ${kind}`;
+  // Long answers ("Ankle boot", "4 or 9?", "2026") get a smaller font to fit the box.
+  const size = text.length <= 2 ? "" : text.length <= 7 && !/[a-z]{3}/i.test(text) ? "mid" : "long";
+  el.top.className = ["top", look, size].filter(Boolean).join(" ");
   // The phone layout's copy of the guess, next to the buttons under the canvas.
-  el.mini.textContent = confidence == null ? "" : `${text} · ${percent(confidence)}`;
+  el.mini.textContent = mini || "";
+  el.mini.className = ["mini", look].filter(Boolean).join(" ");
+}
+
+function setMessage(text, look) {
+  // The line under the guess; unsure and not-a-digit answers get a badge, not only a colour.
+  const parts = [text];
+  if (look === "unsure" || look === "reject") {
+    const badge = document.createElement("span");
+    badge.className = `badge ${look}`;
+    badge.setAttribute("aria-hidden", "true");
+    badge.textContent = look === "unsure" ? "?" : "!";
+    parts.unshift(badge);
+  }
+  el.confidence.replaceChildren(...parts);
 }
 
 function setSeen(dataUrl) {
@@ -294,30 +379,173 @@ function setSeen(dataUrl) {
   if (dataUrl) el.seen.src = dataUrl;
 }
 
-function showIdle() {
+function clearAnswer(message) {
   setTop("?", "none");
-  el.confidence.textContent = state.digits ? "Draw a digit to start" : "Draw or upload to start";
+  setMessage(message);
+  el.verdict.textContent = "";
+  el.advice.textContent = "";
+  el.bars.classList.remove("dim");
   setBars(null, -1);
   setSeen(null);
+  el.boxes.replaceChildren();
+  el.digits.replaceChildren();
+}
+
+function showIdle() {
+  clearAnswer(state.number ? "Draw a number to start"
+    : state.digits ? "Draw a digit to start" : "Draw or upload to start");
   el.status.textContent = "";
   el.status.classList.remove("error");
 }
 
-function showResult(result) {
-  if (result.prediction === null) {
-    setTop("?", "none");
-    el.confidence.textContent = result.name ? `${result.name[0].toUpperCase()}${result.name.slice(1)}` : "Nothing found";
-    setBars(null, -1);
-  } else {
-    setTop(result.name, result.name.length > 2 ? "long" : "", result.confidence);
-    const runnerUp = result.top_k && result.top_k[1];
-    const next = runnerUp ? ` · then ${runnerUp.name ?? ""} (${percent(runnerUp.probability ?? 0)})` : "";
-    el.confidence.textContent = `${percent(result.confidence)} sure${next}`;
-    setBars(result.probabilities, result.prediction);
-  }
-  setSeen(result.input_png);
+function capitalised(text) {
+  return text ? `${text[0].toUpperCase()}${text.slice(1)}` : text;
+}
+
+function className(index) {
+  return state.classNames[index] ?? String(index);
+}
+
+function notOneOfThem(what) {
+  return state.digits ? `That doesn't look like a ${what}` : "That doesn't look like any of these items";
+}
+
+function onCanvas(box, frame) {
+  // [x0, y0, x1, y1] in the sent image's pixels -> shares of the canvas side.
+  return [frame.x0 + box[0] * frame.sx, frame.y0 + box[1] * frame.sy,
+    frame.x0 + box[2] * frame.sx, frame.y0 + box[3] * frame.sy];
+}
+
+function adviseSize(tiny) {
+  // Only for drawings: a photo's digit may be any size, preprocessing scales it anyway.
+  el.advice.textContent = tiny ? (state.number ? "Draw bigger: make the digits taller"
+    : "Draw bigger: fill most of the square") : "";
+  return tiny ? ` ${el.advice.textContent}.` : "";
+}
+
+function showResult(result, frame = DRAWN) {
+  el.bars.classList.remove("dim");
+  el.boxes.replaceChildren();
+  el.digits.replaceChildren();
+  if ("digits" in result) showNumber(result, frame);
+  else showDigit(result, frame);
   if (!state.upload) el.status.textContent = "";
   el.status.classList.remove("error");
+}
+
+function showDigit(result, frame) {
+  const status = result.status || (result.prediction === null ? "no_digit" : "ok");
+  let spoken;
+  if (status === "no_digit") {
+    setTop("?", "none");
+    spoken = result.name ? capitalised(result.name) : "Nothing found";
+    setMessage(spoken);
+    setBars(null, -1);
+  } else if (status === "not_a_digit") {
+    setTop("?", "reject", state.digits ? "not a digit?" : "none of these?");
+    spoken = notOneOfThem("digit");
+    setMessage(spoken, "reject");
+    setBars(result.probabilities, -1);
+    el.bars.classList.add("dim");
+  } else if (status === "unsure") {
+    const [a, b] = result.between || [result.prediction, result.top_k[1] ? result.top_k[1].index : result.prediction];
+    const question = `${className(a)} or ${className(b)}?`;
+    setTop(question, "unsure", question);
+    const p = result.probabilities || [];
+    const odds = (i) => `${className(i)} (${percent(p[i] ?? 0)})`;
+    setMessage(`Not sure: ${odds(a)} or ${odds(b)}`, "unsure");
+    spoken = `${question} Not sure.`;
+    setBars(result.probabilities, result.prediction);
+  } else {
+    setTop(result.name, "", `${result.name} · ${percent(result.confidence)}`);
+    const runnerUp = result.top_k && result.top_k[1];
+    const next = runnerUp ? ` · then ${runnerUp.name ?? ""} (${percent(runnerUp.probability ?? 0)})` : "";
+    setMessage(`${percent(result.confidence)} sure${next}`);
+    spoken = `${result.name}, ${percent(result.confidence)} sure.`;
+    setBars(result.probabilities, result.prediction);
+  }
+  let tiny = false;
+  if (result.box && !frame.photo) {
+    const [x0, y0, x1, y1] = onCanvas(result.box, frame);
+    tiny = Math.max(x1 - x0, y1 - y0) < TINY;
+  }
+  el.verdict.textContent = spoken + adviseSize(tiny);
+  setSeen(result.input_png);
+}
+
+function showNumber(result, frame) {
+  const digits = result.digits || [];
+  drawBoxes(digits, frame);
+  listDigits(digits);
+  setSeen(null);
+  let spoken;
+  if (result.number == null) {
+    setTop("?", "none");
+    spoken = result.reason ? capitalised(result.reason) : "No digits found";
+    setMessage(spoken);
+  } else if (result.status === "not_a_digit") {
+    setTop(result.number, "reject", "not a number?");
+    spoken = notOneOfThem("number");
+    setMessage(spoken, "reject");
+  } else if (result.status === "unsure") {
+    setTop(result.number, "unsure", `${result.number}?`);
+    const doubts = digits.map((d, i) => (d.status === "ok" ? null : d.between
+      ? `digit ${i + 1} (${className(d.between[0])} or ${className(d.between[1])}?)`
+      : `digit ${i + 1} (not a digit?)`)).filter(Boolean);
+    setMessage(`Not sure of ${doubts.join(", ")}`, "unsure");
+    spoken = `${result.number}? Not sure of ${doubts.join(", ")}.`;
+  } else {
+    setTop(result.number, "", result.number);
+    const n = digits.length;
+    setMessage(n === 1 ? "1 digit, sure" : `${n} digits, each sure`);
+    spoken = `${result.number}, ${n === 1 ? "1 digit" : `${n} digits`}, sure.`;
+  }
+  let tiny = false;
+  if (digits.length && !frame.photo) {
+    const tallest = Math.max(...digits.filter((d) => d.box).map((d) => {
+      const [, y0, , y1] = onCanvas(d.box, frame);
+      return y1 - y0;
+    }));
+    tiny = tallest < TINY_NUMBER;
+  }
+  el.verdict.textContent = spoken + adviseSize(tiny);
+}
+
+function drawBoxes(digits, frame) {
+  // Each digit's box over the drawing, placed in shares of the canvas (the overlay has its size).
+  const pct = (v) => `${(v * 100).toFixed(2)}%`;
+  el.boxes.replaceChildren(...digits.filter((d) => d.box).map((d) => {
+    const [x0, y0, x1, y1] = onCanvas(d.box, frame);
+    const box = document.createElement("div");
+    box.className = ["digit-box", LOOK[d.status]].filter(Boolean).join(" ");
+    Object.assign(box.style, { left: pct(x0), top: pct(y0), width: pct(x1 - x0), height: pct(y1 - y0) });
+    const label = document.createElement("span");
+    label.textContent = d.prediction == null ? "?" : className(d.prediction);
+    box.append(label);
+    return box;
+  }));
+}
+
+function listDigits(digits) {
+  // The result panel's list: what the model saw of each digit, its answer and how sure.
+  el.digits.replaceChildren(...digits.map((d) => {
+    const item = document.createElement("li");
+    item.className = LOOK[d.status] || "";
+    if (d.input_png) {
+      const img = document.createElement("img");
+      img.src = d.input_png;
+      img.alt = "";
+      img.width = img.height = 28;
+      item.append(img);
+    }
+    const name = d.prediction == null ? "?" : className(d.prediction);
+    const what = d.status === "unsure" && d.between ? `${className(d.between[0])} or ${className(d.between[1])}?`
+      : d.status === "not_a_digit" ? `${name}: not a digit?` : `${name} · ${percent(d.confidence ?? 0)}`;
+    const text = document.createElement("span");
+    text.textContent = what;
+    item.append(text);
+    return item;
+  }));
 }
 
 function showError(message) {
@@ -348,6 +576,7 @@ function main() {
     el.file.value = ""; // choosing the same file again still fires "change"
   });
   el.model.addEventListener("change", () => selectModel(el.model.value));
+  el.several.addEventListener("change", setMode);
   setupDrop();
   showIdle();
   loadModels().catch((error) => showError(error.message));

@@ -1,5 +1,9 @@
 """`lenet eval`: a checkpoint on its dataset's test set, with optional pictures.
 
+The numbers come from `lenet.evaluate` (lenet.train.evaluate); this module adds the checkpoint,
+the dataset and the pictures. (It is not called lenet/evaluate.py so that `lenet.evaluate` is
+always that function, never this module.)
+
     lenet eval                                   # the embedded MNIST model
     lenet eval --checkpoint runs/best/model.safetensors --json
     lenet eval --checkpoint fashion-mnist --out runs/eval-fashion
@@ -13,9 +17,10 @@ from typing import Any
 from lenet.checkpoint import load_checkpoint
 from lenet.data import load_dataset
 from lenet.errors import LenetError
+from lenet.fileio import write_json
 from lenet.models import get_spec
 from lenet.report import plot_confusion, save_image_grid
-from lenet.train import evaluate, write_json
+from lenet.train import evaluate
 
 MAX_MISTAKES_SHOWN = 100
 PREDICTIONS_SHOWN = 64

@@ -1,0 +1,206 @@
+"""A handwritten number -> its digits, left to right, each made into an MNIST-style input.
+
+    lenet predict --number cheque.jpg          # {"number": "2026", "digits": [...]}
+    Predictor().predict_number("cheque.jpg")
+
+The same paper and ink stages as one digit (lenet.preprocess.find_ink), at a higher
+working resolution, then:
+  1. connected components of the ink (8-connected), specks dropped;
+  2. the broken parts of one digit merged: parts that share most of their columns (a 5's
+     flag over its body, a 4's two strokes, a 7's bar), or a small part right beside one;
+  3. a candidate too wide for one digit (two touching digits) split at its best cut: the
+     column with the least ink in its middle part, recursively;
+  4. each candidate's soft ink cropped and made into a 28x28 input like any single digit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from lenet import imageops
+from lenet.preprocess import DIGITS, InkImage, Preprocessed, find_ink, to_model_input
+
+NUMBER_SIDE = 640  # long side the analysis runs at: 8 digits across keep ~60 px each
+SPECK = 0.03  # a part with under 3% of the heaviest part's ink, not beside a digit, is a speck
+SHARED_COLUMNS = 0.5  # parts sharing this share of the narrower one's columns are one digit
+BESIDE = 0.15  # a small part closer than this share of the digit height is a broken stroke
+SMALL_PART = 0.25  # ... when it has under this share of its neighbour's ink (and half its height)
+SPECK_DIGIT = 0.1  # after merging, a part under this share of the median digit's ink is a speck
+WIDE = 1.1  # a candidate wider than this many heights (its own or a typical digit's) may be two digits
+SURE_WIDE = 1.9  # ... and wider than this surely is
+CUT_ZONE = (0.3, 0.7)  # where a cut may fall, as shares of the candidate's width
+Score = Callable[[list[Preprocessed]], list[float]]  # inputs -> the model's top probability for each
+
+
+@dataclass
+class Candidate:
+    """One digit's place in the image: its pixels (working resolution) and its box."""
+
+    ys: np.ndarray  # (n,) rows of its ink pixels
+    xs: np.ndarray  # (n,) columns
+    mass: float  # its ink, grey levels summed
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:  # (top, bottom, left, right), exclusive ends
+        return int(self.ys.min()), int(self.ys.max()) + 1, int(self.xs.min()), int(self.xs.max()) + 1
+
+    def merged(self, other: Candidate) -> Candidate:
+        return Candidate(np.concatenate([self.ys, other.ys]), np.concatenate([self.xs, other.xs]),
+                         self.mass + other.mass)
+
+
+def read_number(img: Image.Image, score: Score | None = None) -> tuple[list[Preprocessed], str | None]:
+    """An image of a number -> (one Preprocessed per digit, left to right, each with its box in
+    the input's pixels; the reason when there are none). `score` (the model's top probability
+    for each of a list of inputs) decides the splits that shape alone cannot."""
+    found = find_ink(img, DIGITS, side=NUMBER_SIDE)
+    if isinstance(found, Preprocessed):
+        return [], found.reason
+    parts = components(found)
+    if not parts:
+        return [], "no digit found: the ink is too faint"
+    digits = split_wide(merge_broken(parts), found, score)
+    digits.sort(key=lambda c: (c.box[2] + c.box[3]) / 2)  # left to right by the box's centre
+    return [digit_input(found, c) for c in digits], None
+
+
+def components(found: InkImage) -> list[Candidate]:
+    """The ink mask's 8-connected components, specks dropped."""
+    ys, xs = np.nonzero(found.mask)
+    if len(ys) == 0:
+        return []
+    ids, inv = np.unique(imageops.label(ys, xs, found.mask.shape), return_inverse=True)
+    mass = np.bincount(inv, weights=found.ink[ys, xs], minlength=len(ids))
+    order = np.argsort(inv, kind="stable")
+    starts = np.searchsorted(inv[order], np.arange(len(ids) + 1))
+    parts = [Candidate(ys[order[a:b]], xs[order[a:b]], float(m))
+             for a, b, m in zip(starts[:-1], starts[1:], mass)]
+    heaviest = max(p.mass for p in parts)
+    height = max(p.box[1] - p.box[0] for p in parts)
+    keep = [p for p in parts if p.mass >= SPECK * heaviest or _near_heavy(p, parts, heaviest, height)]
+    return keep
+
+
+def _near_heavy(part: Candidate, parts: list[Candidate], heaviest: float, height: int) -> bool:
+    """A light part right beside a heavy one: a broken stroke, not a speck."""
+    if part.mass < 0.002 * heaviest:
+        return False
+    return any(q is not part and q.mass >= SPECK * heaviest and _gap(part, q) <= BESIDE * height for q in parts)
+
+
+def _gap(a: Candidate, b: Candidate) -> int:
+    """Pixels between two boxes (0 when they touch or overlap)."""
+    at, ab, al, ar = a.box
+    bt, bb, bl, br = b.box
+    return max(0, bt - ab, at - bb, bl - ar, al - br)
+
+
+def _shared_columns(a: Candidate, b: Candidate) -> float:
+    """The share of the narrower box's columns that the other box spans too."""
+    _, _, al, ar = a.box
+    _, _, bl, br = b.box
+    return max(0, min(ar, br) - max(al, bl)) / max(1, min(ar - al, br - bl))
+
+
+def merge_broken(parts: list[Candidate]) -> list[Candidate]:
+    """Merge the parts of one digit until nothing more merges, then drop what is left too
+    small to be a digit (a speck between two digits)."""
+    parts = sorted(parts, key=lambda c: -c.mass)
+    height = float(np.median([p.box[1] - p.box[0] for p in parts]))
+    merged = True
+    while merged and len(parts) > 1:
+        merged = False
+        for i, j in ((i, j) for i in range(len(parts)) for j in range(i + 1, len(parts))):
+            if _one_digit(parts[i], parts[j], height):
+                parts[i] = parts[i].merged(parts[j])
+                del parts[j]
+                merged = True
+                break
+    mass = float(np.median([p.mass for p in parts]))
+    return [p for p in parts if p.mass >= SPECK_DIGIT * mass]
+
+
+def _one_digit(a: Candidate, b: Candidate, height: float) -> bool:
+    """Two parts of one digit: sharing most columns (a flag over a body, a 4's strokes),
+    boxes that overlap and together are no wider than a digit (a broken loop), a short part
+    just above or below the other (a lifted flag or bar), or a small, short part right
+    beside the other (a broken stroke; a 1 is light but tall)."""
+    if _shared_columns(a, b) >= SHARED_COLUMNS:
+        return True
+    (at, ab, al, ar), (bt, bb, bl, br) = a.box, b.box
+    union = max(ar, br) - min(al, bl)
+    if _gap(a, b) == 0 and min(ab, bb) > max(at, bt) and union <= height:
+        return True
+    stacked = min(ar, br) > max(al, bl) and max(bt - ab, at - bb) <= BESIDE * height  # one above the other
+    if stacked and min(ab - at, bb - bt) < 0.5 * max(ab - at, bb - bt) and union <= 1.5 * height:
+        return True  # a flag or bar lifted off its digit (a 5's flag, a 7's bar)
+    big, small = (a, b) if a.mass >= b.mass else (b, a)
+    short = small.box[1] - small.box[0] < SMALL_PART * 2 * (big.box[1] - big.box[0])
+    return small.mass < SMALL_PART * big.mass and short and _gap(a, b) <= BESIDE * height
+
+
+def split_wide(parts: list[Candidate], found: InkImage, score: Score | None = None) -> list[Candidate]:
+    """Split candidates too wide for one digit at their best cut, until none is.
+
+    Wider than SURE_WIDE heights: split. Between WIDE and SURE_WIDE (a wide 2 or 5 looks like
+    two narrow digits touching): split when the halves are likelier two digits than the
+    whole is one (the product of the model's top probabilities against the whole's).
+    """
+    out: list[Candidate] = []
+    todo = list(parts)
+    heights = [p.box[1] - p.box[0] for p in parts]
+    typical = float(np.median(heights)) if heights else 1.0
+    while todo:
+        part = todo.pop()
+        top, bottom, left, right = part.box
+        ratio = (right - left) / max(bottom - top, typical)
+        halves = _cut(part) if ratio > WIDE and len(part.xs) >= 4 else None
+        if halves is not None and ratio <= SURE_WIDE:
+            if score is None:
+                halves = None
+            else:
+                whole, first, second = score([digit_input(found, c) for c in (part, *halves)])
+                halves = halves if first * second > whole else None
+        if halves is None:
+            out.append(part)
+        else:
+            todo += halves
+    return out
+
+
+def _cut(part: Candidate) -> tuple[Candidate, Candidate] | None:
+    """The candidate cut at the column with the least ink in its middle part (nearest the middle on ties)."""
+    top, bottom, left, right = part.box
+    width = right - left
+    columns = np.bincount(part.xs - left, minlength=width).astype(np.float32)  # ink pixels per column
+    lo, hi = int(width * CUT_ZONE[0]), max(int(width * CUT_ZONE[1]), int(width * CUT_ZONE[0]) + 1)
+    cost = columns[lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - (width - 1) / 2)
+    cut = left + lo + int(np.argmin(cost))
+    a, b = part.xs < cut, part.xs >= cut
+    if not a.any() or not b.any():
+        return None
+    share = part.mass / len(part.xs)
+    return Candidate(part.ys[a], part.xs[a], share * a.sum()), Candidate(part.ys[b], part.xs[b], share * b.sum())
+
+
+def digit_input(found: InkImage, digit: Candidate) -> Preprocessed:
+    """One candidate -> its 28x28 input: its own ink (and the soft edge beside it) cropped."""
+    top, bottom, left, right = digit.box
+    y0, x0 = max(top - 2, 0), max(left - 2, 0)
+    y1, x1 = min(bottom + 2, found.ink.shape[0]), min(right + 2, found.ink.shape[1])
+    own = np.zeros((y1 - y0, x1 - x0), np.float32)
+    own[digit.ys - y0, digit.xs - x0] = 1.0
+    near = imageops.max_filter(own, 1) > 0  # its pixels and the anti-aliased edge around them
+    ink = found.ink[y0:y1, x0:x1]
+    level = imageops.quantile(ink[own > 0], DIGITS.saturate_at)
+    floor = DIGITS.noise_sigmas * found.noise
+    soft = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0), 0.0).astype(np.float32)
+    crop = imageops.bbox(soft)
+    if crop is None:
+        return found.nothing("the ink is too faint")
+    t, b, l, r = crop
+    return to_model_input(soft[t:b, l:r], DIGITS, found, found.input_box(y0 + t, y0 + b, x0 + l, x0 + r))
