@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lenet import imageops
 from lenet.errors import LenetError
 from lenet.numbers import Candidate, merge_broken, read_number, split_wide
 from lenet.predict import Predictor, predict_command
@@ -172,7 +170,8 @@ def test_as_image_takes_every_kind_of_input(tmp_path):
     (np.zeros((0, 4), np.uint8), "must be"),
     (np.full((8, 8), np.nan, np.float32), "in \\[0, 1\\]"),
     (np.full((8, 8), 2.0), "in \\[0, 1\\]"),
-    (np.zeros((8, 8), np.int64), "uint8 or float"),
+    (np.full((8, 8), 300, np.int64), "values 0..255"),
+    (np.zeros((8, 8), np.complex64), "integers 0..255 or floats"),
     (b"not an image", "not an image"),
 ])
 def test_anything_else_is_one_clear_error(bad, message):

@@ -32,6 +32,7 @@ REFUSE_RATE = 0.005  # the share of held-out real digits the threshold may refus
 NONDIGITS = 6000  # generated non-digits (half to fit, half to choose the threshold)
 NONDIGIT_SEED = 1_000  # the tests and the benchmark use other seeds
 VARIANTS = 2  # ways each held-out digit is handed over (both in the same half)
+UPSCALERS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
 HIDDEN, WEIGHT_DECAY, STEPS = 16, 1e-3, 300  # the detector: width, Adam's weight decay, full-batch steps
 
 
@@ -67,10 +68,13 @@ def as_handed_over(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
         return tight.resize((tight.width * k, tight.height * k), Image.Resampling.BICUBIC)
     if way == 4:  # thick or thin pen
         return paper.filter(ImageFilter.MinFilter(3) if rng.random() < 0.5 else ImageFilter.MaxFilter(3))
-    scale = rng.uniform(0.4, 0.7)  # a low-resolution scan, enlarged again
+    scale = rng.uniform(6, 16) / max(tight.size)  # a 6..16 px scan, enlarged again by a viewer
     small = tight.resize((max(1, round(tight.width * scale)), max(1, round(tight.height * scale))),
                          Image.Resampling.BOX)
-    return small.resize((small.width * 4, small.height * 4), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        small = Image.fromarray(np.pad(np.asarray(small), int(rng.integers(1, 3)), constant_values=255), "L")
+    k = int(rng.integers(3, 9))
+    return small.resize((small.width * k, small.height * k), UPSCALERS[int(rng.integers(len(UPSCALERS)))])
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

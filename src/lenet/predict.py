@@ -12,6 +12,7 @@ cannot be read gets one line on stderr and the others are still predicted.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -205,10 +206,14 @@ def save_seen(out_dir: Path, file: Path, root: Path | None, seen: Preprocessed, 
     """Copy `file` into out_dir (mirroring its place under `root`) and write what the model
     saw next to it as NAME.SUFFIX.input.png; never overwrites a file; returns the copy's path."""
     rel = file.relative_to(root) if root is not None else Path(file.name)
+    rel = rel.with_name(short_name(rel.name))  # room for "-2", ".input.png" and the temp file's name
     copy = out_dir / rel
 
     def taken(c: Path) -> bool:  # by this run, or by a file the user already has: never overwrite
-        return any(p in used or p.exists() for p in (c, input_name(c)))
+        try:
+            return any(p in used or p.exists() for p in (c, input_name(c)))
+        except OSError as exc:  # a path over the system's limit, a folder not readable
+            raise LenetError(f"{c}: cannot save the input there ({exc.strerror or exc})") from None
 
     n = 1
     while taken(copy):  # digit.png, digit-2.png, ...
@@ -220,6 +225,26 @@ def save_seen(out_dir: Path, file: Path, root: Path | None, seen: Preprocessed, 
         png = to_png(seen.image)
         atomic_write(input_name(copy), lambda tmp: Path(tmp).write_bytes(png))
     return str(copy)
+
+
+NAME_BYTES = 200  # longest name a copy gets: + "-N", ".input.png" and a temp suffix stay within 255
+
+
+def short_name(name: str) -> str:
+    """A file name too long to save with ".input.png" added -> its start, a short hash of the
+    whole name (two long names never meet) and its suffix; a shorter name is kept as it is."""
+    raw = os.fsencode(name)
+    if len(raw) <= NAME_BYTES:
+        return name
+    suffix = Path(name).suffix if len(os.fsencode(Path(name).suffix)) <= 16 else ""
+    digest = hashlib.sha256(raw).hexdigest()[:10]
+    start = raw[:NAME_BYTES - len(os.fsencode(suffix)) - len(digest) - 1]
+    try:
+        raw.decode("utf-8")
+        stem = start.decode("utf-8", "ignore")  # no half character at the cut
+    except UnicodeDecodeError:  # a name that is not UTF-8: its bytes, as the file system has them
+        stem = os.fsdecode(start)
+    return f"{stem}-{digest}{suffix}"
 
 
 def input_name(copy: Path) -> Path:
@@ -276,6 +301,11 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
             except LenetError as exc:
                 failed += 1
                 print(f"lenet: error: {exc}", file=err, flush=True)
+            except Exception as exc:  # noqa: BLE001 - a bug met on one file must not sink the others
+                failed += 1
+                why = " ".join(str(exc).split())[:160]
+                print(f"lenet: error: {shown}: could not be processed ({type(exc).__name__}: {why}); "
+                      "this is a bug in lenet, please report it", file=err, flush=True)
         if number:
             results = [predictor.number_answer(*found) for *_, found in ready]
         else:
@@ -288,7 +318,11 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
             header = True
         for (shown, file, root, seen), result in zip(ready, results):
             if out_dir is not None:
-                result["saved_input"] = save_seen(out_dir, file, root, seen, used)
+                try:  # its answer is still printed; the run ends with exit code 1
+                    result["saved_input"] = save_seen(out_dir, file, root, seen, used)
+                except LenetError as exc:
+                    failed += 1
+                    print(f"lenet: error: {exc}", file=err, flush=True)
             row = format_number_row if number else format_row
             print(json.dumps({"path": shown, **result}) if as_json else row(shown, result, width), file=out)
             done += 1

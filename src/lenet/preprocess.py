@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 
 import io
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,9 +46,14 @@ MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs): 40 MP is 
 # checked against hostile files: a digit never needs them.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 FORMAT_NAMES = "PNG, JPEG, BMP, GIF, WebP, TIFF, PBM/PGM/PPM"
-SLOW_PIXELS = 250_000  # images whose layout Pillow decodes in Python (plain-text PNM, PNM with
-# an odd maxval, RLE BMP: about 0.5 MP/s) are refused above this, before decoding
+SLOW_PIXELS = 160_000  # images whose layout Pillow decodes in Python (plain-text PNM, PNM with
+# an odd maxval, RLE BMP: 0.3-2 MP/s) are refused above this (400x400), before decoding
 MAX_TILES = 20_000  # TIFF strips/tiles: Pillow loads each in a Python loop (20k: about 0.2 s)
+MAX_SCANS = 100  # JPEG scans (a progressive file has about 10): libjpeg passes over the whole
+# image for each (1,000 scans took 5.5 s)
+MAX_READS = 200_000  # reads of the file while decoding one image: Pillow parses PNG chunks, JPEG
+# markers, GIF blocks and PNM headers in Python, a read or two each (1M tiny ones took 2-5 s);
+# a 40 MP PNG in 8 kB chunks needs about 25,000
 WORK_SIDE = 200  # long side the analysis runs at; a digit filling 1/5 of a photo keeps 40 px
 SMALL_SIDE = 48  # long side of the small copies the paper is fitted on and components found on
 OUT, BOX = 28, 20  # MNIST: a 20x20 box inside 28x28
@@ -161,10 +167,17 @@ def _decode(fp, label: str, max_pixels: int) -> Image.Image:
     becomes one LenetError naming the file, and the decoding work is bounded from the
     header, before decoding: pixels, pixels of layouts decoded in Python, TIFF tiles."""
     too_large = f"{label}: image too large (over {max_pixels:,} pixels)"
+    busy = f"{label}: too much work to decode (over {MAX_READS:,} reads of tiny chunks, markers or header bytes)"
+    strips = _tiff_strips(fp)
+    if strips > MAX_TILES:
+        raise LenetError(f"{label}: image has too many strips or tiles ({strips:,}, limit {MAX_TILES:,})")
+    reads = _Reads(fp)
     try:
-        img = Image.open(fp, formats=FORMATS)
+        img = Image.open(reads, formats=FORMATS)
     except Image.DecompressionBombError:
         raise LenetError(too_large) from None
+    except _TooMuchWork:
+        raise LenetError(busy) from None
     except Image.UnidentifiedImageError:
         raise LenetError(f"{label}: not an image (or not one of the formats read: {FORMAT_NAMES})") from None
     except Exception as exc:  # noqa: BLE001 - a forged header can make a plugin raise anything
@@ -182,6 +195,10 @@ def _decode(fp, label: str, max_pixels: int) -> Image.Image:
                          f"is decoded slowly, limit {SLOW_PIXELS:,} pixels: save it as PNG)")
     if len(tiles) > MAX_TILES:
         raise LenetError(f"{label}: image has too many strips or tiles ({len(tiles):,}, limit {MAX_TILES:,})")
+    if in_python:
+        reads.left += 2 * width * height  # these decoders read once or twice per pixel
+    if img.format in ("JPEG", "MPO") and _jpeg_scans(fp) > MAX_SCANS:
+        raise LenetError(f"{label}: a JPEG of over {MAX_SCANS} scans; not a normal image")
     try:
         if img.format in ("JPEG", "MPO") and max(width, height) > 2 * WORK_SIDE:
             scale = 2 * WORK_SIDE / max(width, height)  # draft keeps at least this size
@@ -191,8 +208,74 @@ def _decode(fp, label: str, max_pixels: int) -> Image.Image:
         return upright(img)
     except Image.DecompressionBombError:
         raise LenetError(too_large) from None
+    except _TooMuchWork:
+        raise LenetError(busy) from None
     except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on corrupt data
         raise LenetError(f"{label}: truncated or corrupt image ({_why(exc)})") from None
+
+
+class _TooMuchWork(Exception):
+    """Raised by _Reads past MAX_READS (caught in _decode)."""
+
+
+class _Reads:
+    """A binary file that counts the reads made of it and fails past MAX_READS: it bounds the
+    work of Pillow's parsers written in Python, which read once or twice per chunk or marker."""
+
+    def __init__(self, fp):
+        self.fp, self.left = fp, MAX_READS
+
+    def read(self, *args):
+        self.left -= 1
+        if self.left < 0:
+            raise _TooMuchWork
+        return self.fp.read(*args)
+
+    def __getattr__(self, name: str):  # seek, tell, fileno (libtiff reads the file itself), close
+        return getattr(self.fp, name)
+
+
+def _tiff_strips(fp) -> int:
+    """How many strips or tiles a TIFF's first image lists (0 for other files), read from its
+    header: Pillow makes a Python object of each before anything can be checked (1M took 7 s)."""
+    start = fp.tell()
+    try:
+        head = fp.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        big = head[2:4] in (b"+\0", b"\0+")  # BigTIFF: 8-byte offsets and counts
+        if order is None or not (big or head[2:4] in (b"*\0", b"\0*")):
+            return 0
+        offset, count, entry = (struct.unpack(order + "Q", head[8:16])[0], "Q", "HHQ") if big else \
+            (struct.unpack(order + "I", head[4:8])[0], "H", "HHI")
+        fp.seek(offset)
+        raw = fp.read(struct.calcsize(order + count))
+        n = struct.unpack(order + count, raw)[0]
+        size = 20 if big else 12
+        entries = fp.read(size * min(n, 4096))
+        most = 0
+        for i in range(len(entries) // size):
+            tag, _, values = struct.unpack_from(order + entry, entries, i * size)
+            if tag in (273, 279, 324, 325):  # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
+                most = max(most, values)
+        return most
+    except (OSError, struct.error, OverflowError, ValueError):
+        return 0  # a header this broken is Pillow's to refuse
+    finally:
+        fp.seek(start)
+
+
+def _jpeg_scans(fp) -> int:
+    """The start-of-scan markers (FF DA) in a JPEG file: its entropy-coded data never holds them."""
+    start = fp.tell()
+    try:
+        fp.seek(0)
+        count, tail = 0, b""
+        while block := fp.read(1 << 20):
+            count += (tail + block).count(b"\xff\xda")
+            tail = block[-1:]
+        return count
+    finally:
+        fp.seek(start)
 
 
 def _why(exc: BaseException) -> str:
@@ -311,8 +394,10 @@ def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
     Reduced first (integer box reduction: cheap, anti-aliased) when the mode allows it.
     Transparency counts as paper: transparent pixels take the colour that contrasts with
     the opaque ones when those are few (strokes on a transparent canvas), or the opaque
-    pixels' median when they are many (a cut-out photo of paper).
+    pixels' median when they are many (a cut-out photo of paper). Float and 32-bit images
+    may hold anything: see _grey_levels.
     """
+    floats = img.mode == "F"
     if img.mode in ("La", "RGBa"):  # premultiplied alpha
         img = img.convert("LA" if img.mode == "La" else "RGBA")
     if img.mode in ("P", "PA"):
@@ -343,7 +428,34 @@ def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
         return alpha * (lum - np.float32(paper)) + np.float32(paper)
     if factor > 1:
         img = img.reduce(factor)  # before the grey conversion: less to convert
-    return np.asarray(img if img.mode == "F" else img.convert("L"), dtype=np.float32)
+    if img.mode == "F":
+        return _grey_levels(np.asarray(img, dtype=np.float32), floats)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def _grey_levels(arr: np.ndarray, floats: bool) -> np.ndarray:
+    """(H, W) values of a float or 32-bit image -> finite grey levels in 0..255, float32.
+
+    NaN is taken as paper (the median of the finite values), +-Inf as the brightest or
+    darkest finite value; a float image within [0, 1] is scaled to 0..255 (as arrays are);
+    anything else outside 0..255 (negative, 32-bit, 1e38) is stretched linearly onto it.
+    """
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            if not finite.any():
+                return np.full(arr.shape, 255.0, dtype=np.float32)  # nothing but NaN and Inf: blank
+            values = arr[finite]
+            arr = np.where(np.isnan(arr), np.float32(imageops.median(values)),
+                           np.clip(arr, values.min(), values.max())).astype(np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        if floats and lo >= 0.0 and hi <= 1.0:
+            return arr * np.float32(255)
+        if lo >= 0.0 and hi <= 255.0:
+            return arr
+        if hi - lo <= 0.0:
+            return np.full(arr.shape, 255.0, dtype=np.float32)  # one level: blank
+        return ((arr.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.float32)
 
 
 def preprocess(img: Image.Image, mode: Mode = DIGITS) -> Preprocessed:
@@ -497,7 +609,8 @@ def background(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     share, count = float(inliers.mean()), int(inliers.sum())
     degree = 2 if share >= SURFACE_SHARE and count >= 64 else 1 if share >= PLANE_SHARE and count >= 32 else 0
     terms = _poly_terms(*small.shape)[:, :(1, 3, 6)[degree]]  # flat, plane or quadratic
-    for _ in range(FIT_ROUNDS):
+    coef, resid = np.array([centre], np.float64), values - np.float32(centre)
+    for _ in range(FIT_ROUNDS if degree else 0):  # a flat level is the start's (a mean would drift into blur)
         previous = inliers
         a = terms[inliers]  # (n, k); normal equations: a kxk solve, 100x faster than lstsq here
         k = a.shape[1]
