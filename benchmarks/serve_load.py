@@ -4,6 +4,8 @@
     python benchmarks/serve_load.py                 # 5,000 at concurrency 50, then 500 one at a time
     python benchmarks/serve_load.py --spawn         # starts (and stops) its own server on a free port
     python benchmarks/serve_load.py --spawn --checkpoint runs/x/model.safetensors
+    python benchmarks/serve_load.py --spawn --endpoint explain --requests 500 --concurrency 10 --sequential 300
+                                                    # POST /api/explain: "Inside the network" (target: p50/p99 <= 30 ms one at a time)
     python benchmarks/serve_load.py --url http://127.0.0.1:8000/ --requests 5000 --concurrency 50 \
         --sequential 500 --image digit.png --json
 
@@ -42,9 +44,9 @@ def canvas_png(side: int = 280) -> bytes:
     return buf.getvalue()
 
 
-def request_bytes(url: str, body: bytes) -> bytes:
+def request_bytes(url: str, body: bytes, endpoint: str = "predict") -> bytes:
     parts = urlsplit(url)
-    path = (parts.path.rstrip("/") or "") + "/api/predict"
+    path = (parts.path.rstrip("/") or "") + f"/api/{endpoint}"
     head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: image/png\r\n"
             f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
     return head.encode("ascii") + body
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, default=500, help="requests sent one at a time")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--image", type=Path, help="PNG to send (default: a 280x280 drawn 7)")
+    parser.add_argument("--endpoint", choices=["predict", "explain"], default="predict",
+                        help="explain: POST /api/explain (every layer's maps, kernels, attribution)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         body = args.image.read_bytes() if args.image else canvas_png()
         parts = urlsplit(args.url)
-        host, port, request = parts.hostname, parts.port or 80, request_bytes(args.url, body)
+        host, port, request = parts.hostname, parts.port or 80, request_bytes(args.url, body, args.endpoint)
         asyncio.run(run_phase(host, port, request, args.warmup, 10))
         results = [asyncio.run(run_phase(host, port, request, args.requests, args.concurrency)),
                    asyncio.run(run_phase(host, port, request, args.sequential, 1))]
@@ -157,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=15)
 
     if args.json:
-        print(json.dumps({"url": args.url, "body_bytes": len(body), "phases": results}))
+        print(json.dumps({"url": args.url, "endpoint": args.endpoint, "body_bytes": len(body), "phases": results}))
         return 0
-    print(f"POST {args.url}api/predict, {len(body):,}-byte PNG")
+    print(f"POST {args.url}api/{args.endpoint}, {len(body):,}-byte PNG")
     print(f"{'requests':>9} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
     for r in results:
         print(f"{r['requests']:>9} {r['concurrency']:>5} {r['requests_per_second']:>8} {r['p50_ms']:>8} "

@@ -15,7 +15,7 @@ from lenet.cli import build_parser, main
 from lenet.models import create_model
 
 COMMANDS = [["models"], ["summary"], ["data"], ["data", "fetch"], ["data", "show"], ["train"], ["eval"],
-            ["predict"], ["serve"], ["export"], ["bench"]]
+            ["predict"], ["explain"], ["serve"], ["export"], ["bench"]]
 
 
 @pytest.mark.parametrize("argv", [[], *COMMANDS])
@@ -102,6 +102,27 @@ def test_predict_one_line_per_bad_file_and_the_good_ones_still_predicted(tmp_pat
     assert [json.loads(line)["path"] for line in out.splitlines()] == [str(good), str(inf)]
     assert err.startswith(f"lenet: error: {evil}: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_predict_keeps_libtiff_and_pillow_warnings_off_stderr(tmp_path, capfd):
+    """libtiff writes its complaints to file descriptor 2 itself, and Pillow warns in Python:
+    a corrupt TIFF still gets exactly one line."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(
+        buf, "TIFF", compression="tiff_lzw")
+    data = bytearray(buf.getvalue())
+    data[-30] ^= 0xFF
+    data[-60:-50] = b"\xff" * 10  # the directory at the end: tags point past the file
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(data))
+    assert main(["predict", str(bad)]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith(f"lenet: error: {bad}: ") and len(err.strip().splitlines()) == 1, err
 
 
 # --- start-up: the commands that need no model import no torch --------------------------------------

@@ -10,8 +10,10 @@ arrays and torch tensors through `Predictor.predict`, `predict_images` and `pred
 from __future__ import annotations
 
 import io
+import struct
 import time
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from lenet.checkpoint import save_checkpoint
 from lenet.errors import LenetError
 from lenet.models import create_model
 from lenet.predict import Predictor
-from lenet.preprocess import FORMATS, as_image, open_image, to_gray
+from lenet.preprocess import DECODE_BYTES, FORMATS, as_image, open_image, to_gray
 
 MODES = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
          "I", "I;16", "I;16L", "I;16B", "I;16N", "F"]
@@ -94,19 +96,21 @@ def pil_images(draw) -> Image.Image:
 def encoded(draw) -> bytes:
     """Bytes of an image Pillow wrote, then maybe truncated, bit-flipped or with forged header bytes."""
     img, fmt = draw(pil_images()), draw(st.sampled_from(WRITERS))
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img.save(buf, fmt)
-    except Exception:  # noqa: BLE001 - this writer does not take this mode: write it as RGB
-        buf = io.BytesIO()
-        try:
-            img.convert("RGB").save(buf, fmt)
-        except Exception:  # noqa: BLE001 - a writer with its own limits (ICO sizes, ...): PNG
+    data = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for attempt in (lambda: img, lambda: img.convert("RGB"), lambda: img.convert("RGBA").convert("RGB")):
             buf = io.BytesIO()
-            img.convert("RGB").save(buf, "PNG")
-    data = bytearray(buf.getvalue())
+            try:
+                attempt().save(buf, fmt)  # the writer may not take this mode, or this size
+            except Exception:  # noqa: BLE001
+                continue
+            data = bytearray(buf.getvalue())
+            break
+    if data is None:  # no writer for it (La has no RGB conversion, ICO has size limits, ...)
+        buf = io.BytesIO()
+        Image.frombytes("L", img.size, bytes(img.size[0] * img.size[1])).save(buf, "PNG")
+        data = bytearray(buf.getvalue())
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     how = draw(st.sampled_from(["as is", "truncate", "flip", "header", "big"]))
     if how == "truncate":
@@ -134,9 +138,10 @@ def arrays(draw):
     dtype = draw(st.sampled_from(["uint8", "float32", "float64", "float16", "bool", "int64", "int32", "uint16",
                                   "int8", "complex64"]))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
-    arr = (rng.random(shape) * draw(st.sampled_from([1.0, 255.0, 1e6]))).astype(dtype)
-    if arr.dtype.kind == "f" and arr.size:
-        arr.flat[rng.integers(0, arr.size, draw(st.integers(0, 3)))] = draw(special)
+    with np.errstate(all="ignore"):  # 1e6 as float16 is Inf: one more extreme value
+        arr = (rng.random(shape) * draw(st.sampled_from([1.0, 255.0, 1e6]))).astype(dtype)
+        if arr.dtype.kind == "f" and arr.size:
+            arr.flat[rng.integers(0, arr.size, draw(st.integers(0, 3)))] = draw(special)
     if draw(st.booleans()):
         return arr
     tensor = torch.from_numpy(arr) if arr.dtype != np.uint16 else torch.from_numpy(arr.astype(np.int32))
@@ -208,10 +213,11 @@ def test_float_images_in_0_1_and_int_images_out_of_range_keep_their_digit():
     assert gray[20, 20] == pytest.approx(255) and gray[20, 5] == pytest.approx(0)
 
 
-@pytest.mark.parametrize("fmt", ["DDS", "QOI", "ICO", "PCX", "TGA", "SGI", "IM", "MSP", "BLP"])
+@pytest.mark.parametrize("fmt", ["DDS", "QOI", "ICO", "PCX", "TGA", "SGI", "MSP", "BLP", "XBM"])
 def test_formats_outside_the_list_are_refused_in_one_line(fmt):
     buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, fmt)
+    img = Image.new("RGB", (16, 16), (10, 200, 30))
+    (img.convert("1") if fmt in ("MSP", "XBM") else img.convert("P") if fmt == "BLP" else img).save(buf, fmt)
     with pytest.raises(LenetError, match=r"x\.bin: not an image .*PNG, JPEG"):
         open_image(buf.getvalue(), "x.bin")
 
@@ -244,3 +250,43 @@ def test_lazy_pil_images_that_fail_to_decode_are_a_lenet_error(predictor, tmp_pa
     with Image.open(path) as lazy:  # Image.open reads the header only; the data is cut short
         with pytest.raises(LenetError, match="truncated or corrupt"):
             predictor.predict(lazy)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_decoding_work_is_bounded_before_it_is_done():
+    """Files a few MB long that kept Pillow's Python parsers busy for 2-7 s are refused at once."""
+    buf = io.BytesIO()
+    Image.new("L", (40, 40), 200).save(buf, "PNG")
+    png = buf.getvalue()
+    chunky = png[:33] + _chunk(b"zzZz", b"") * 300_000 + png[33:]  # 300,000 empty chunks before the data
+    tiff = (b"II*\0" + struct.pack("<I", 8 + 40) + bytes(40) + struct.pack("<H", 3)  # 100,000 strips
+            + struct.pack("<HHII", 256, 4, 1, 40) + struct.pack("<HHII", 257, 4, 1, 100_000)
+            + struct.pack("<HHII", 273, 4, 100_000, 0) + b"\0\0\0\0")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(buf, "JPEG", progressive=True)
+    jpeg = buf.getvalue()
+    scan = jpeg.rindex(b"\xff\xda")
+    scans = jpeg[:-2] + jpeg[scan:-2] * 150 + b"\xff\xd9"  # one scan repeated: libjpeg passes the image each time
+    for data, why in ((chunky, "too much work"), (tiff, "too many strips"), (scans, "over 100 scans")):
+        start = time.perf_counter()
+        with pytest.raises(LenetError, match=why):
+            open_image(data, "x")
+        assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("colour, depth, size, ok", [
+    (2, 8, (4000, 5000), True), (6, 8, (4000, 5000), False), (2, 16, (3000, 3000), True), (6, 16, (3000, 3000), False),
+    (0, 16, (5000, 6000), True), (0, 8, (8000, 5000), True),
+])
+def test_png_is_bounded_by_its_decoded_bytes(colour, depth, size, ok):
+    """PNG, WebP and TIFF cannot be decoded at a reduced scale as JPEG is: their pixel data is
+    capped (DECODE_BYTES), so that the slowest (random 16-bit RGBA) decodes in about a second."""
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", *size, depth, colour, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b""))
+    channels = {0: 1, 2: 3, 6: 4}[colour]
+    assert (size[0] * size[1] * channels * depth // 8 <= DECODE_BYTES["PNG"]) == ok
+    with pytest.raises(LenetError, match="truncated or corrupt" if ok else "too large to decode quickly"):
+        open_image(data, "x")  # accepted: decoding starts and finds no data

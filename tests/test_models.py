@@ -65,3 +65,12 @@ def test_the_precomputed_catalog_matches_the_real_models():
     from lenet.catalog import MODELS, live_models
 
     assert list(MODELS) == live_models()
+
+
+def test_the_input_contract_travels_with_the_model():
+    from lenet.checkpoint import load_checkpoint
+
+    for spec in list_models():
+        assert create_model(spec.name).input_spec is spec
+    model, meta = load_checkpoint()  # rebuilt from a file: the same contract
+    assert model.input_spec is get_spec(meta["model"])

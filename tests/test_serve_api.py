@@ -726,3 +726,109 @@ def embedded_client():
 def test_embedded_model_reads_canvas_drawings(embedded_client, kind, digit):
     body = post_image(embedded_client, encode(drawing(kind))).json()
     assert body["model"] == "mnist" and body["prediction"] == digit, body
+
+
+# ---------- POST /api/explain: inside the network ----------
+
+PAPER_LAYERS = [("C1", [6, 28, 28]), ("S2", [6, 14, 14]), ("C3", [16, 10, 10]), ("S4", [16, 5, 5]),
+                ("C5", [120]), ("F6", [84]), ("output", [10])]
+
+
+def post_explain(client, data: bytes, content_type: str | None = "image/png", params: str = "") -> httpx.Response:
+    headers = {"content-type": content_type} if content_type else {}
+    return client.post(f"/api/explain{params}", content=data, headers=headers)
+
+
+def png_of(data_url: str) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert data_url.startswith(prefix)
+    img = Image.open(io.BytesIO(base64.b64decode(data_url[len(prefix):])))
+    assert img.format == "PNG"
+    img.load()
+    return img
+
+
+def test_explain_gives_the_predict_object_and_every_layer(client):
+    data = encode(drawing())
+    response = post_explain(client, data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    predicted = post_image(client, data).json()
+    for key in ("prediction", "name", "confidence", "probabilities", "status", "between", "box", "model"):
+        assert body[key] == predicted[key], key
+    assert png_of(body["input_png"]).size == (28, 28)
+    assert [(layer["name"], layer["shape"]) for layer in body["layers"]] == PAPER_LAYERS
+    assert body["layers"][0]["title"] == "C1 6@28x28" and body["layers"][4]["title"] == "C5 120"
+    for layer in body["layers"]:
+        sprite = png_of(layer["sprite"])
+        assert sprite.mode == "L" and layer["min"] <= layer["max"]
+        shape, columns = layer["shape"], layer["columns"]
+        if len(shape) == 3:  # the maps side by side, `columns` to a row
+            rows = -(-shape[0] // columns)
+            assert sprite.size == (columns * shape[2], rows * shape[1])
+            assert len(layer["map_min"]) == len(layer["map_max"]) == shape[0]
+            assert min(layer["map_min"]) == pytest.approx(layer["min"], abs=1e-3)
+            assert max(layer["map_max"]) == pytest.approx(layer["max"], abs=1e-3)
+        else:  # a vector: one row, a pixel per unit
+            assert sprite.size == (shape[0], 1) and len(layer["values"]) == shape[0]
+        pixels = np.asarray(sprite)
+        if layer["max"] > layer["min"]:  # uint8-scaled from min..max
+            assert pixels.min() == 0 and pixels.max() == 255
+    c1, c3 = body["layers"][0]["kernels"], body["layers"][2]["kernels"]
+    assert c1["shape"] == [6, 1, 5, 5] and png_of(c1["sprite"]).size == (5, 6 * 5)
+    assert c3["shape"] == [16, 6, 5, 5] and png_of(c3["sprite"]).size == (6 * 5, 16 * 5)
+    assert c3["inputs"][0] == [0, 1, 2] and len(c3["inputs"]) == 16  # the paper's Table I
+    assert all("kernels" not in layer for layer in body["layers"][1::2])
+    attribution = body["attribution"]
+    overlay = png_of(attribution["png"])
+    assert overlay.size == (28, 28) and overlay.mode == "RGBA"
+    assert attribution["target"] == body["prediction"] and attribution["bound"] >= 0
+    assert "steps" not in body
+
+
+def test_explain_other_models_and_steps(client):
+    body = post_explain(client, encode(drawing()), params="?model=clothes&steps=true").json()
+    assert body["model"] == "clothes" and body["name"] in FASHION
+    assert [layer["name"] for layer in body["layers"]] == [name for name, _ in PAPER_LAYERS]
+    names = [step["name"] for step in body["steps"]]
+    assert names[0] == "original 280x280" and names[-1].startswith("fitted 28x28")
+    for step in body["steps"]:
+        assert max(png_of(step["png"]).size) <= 280
+
+
+def test_explain_attribution_lies_on_the_ink(embedded_client):
+    body = post_explain(embedded_client, encode(drawing())).json()
+    assert body["prediction"] == 7 and body["layers"][0]["name"] == "C1"
+    seen = np.asarray(png_of(body["input_png"]), dtype=np.float32)
+    strength = np.asarray(png_of(body["attribution"]["png"]))[..., 3].astype(np.float32)
+    assert strength[seen > 64].sum() > 0.9 * strength.sum()  # gradient x input: only inked pixels
+
+
+def test_explain_a_blank_canvas_has_no_layers(client):
+    body = post_explain(client, blank_png()).json()
+    assert body["status"] == "no_digit" and body["prediction"] is None
+    assert body["layers"] == [] and body["attribution"] is None
+
+
+@pytest.mark.parametrize("data, content_type, status, phrase", [
+    (b"", "image/png", 400, "empty body"),
+    (b"hello, this is not an image", "image/png", 400, "not a PNG, JPEG, BMP, GIF or WebP"),
+    (encode(drawing())[:400], "image/png", 400, "truncated"),
+    (encode(drawing()), "text/plain", 415, "'text/plain' is not accepted"),
+])
+def test_explain_bad_bodies(client, data, content_type, status, phrase):
+    assert_error(post_explain(client, data, content_type), status, phrase)
+
+
+def test_explain_errors_as_for_predict(client, small_client):
+    data = encode(drawing())
+    assert_error(post_explain(client, data, params="?model=nope"), 404, "unknown model 'nope'")
+    assert_error(post_explain(client, data, params="?top_k=0"), 422, "top_k")
+    assert_error(client.get("/api/explain"), 405, "Method Not Allowed")
+    r = client.post("/api/explain", content=data, headers={"content-type": "image/png", "host": "evil.example"})
+    assert_error(r, 400, "--allow-host")
+    assert_error(small_client.post("/api/explain", content=b"\0" * 20_000, headers={"content-type": "image/png"}),
+                 413, "over the limit")
+    multipart = client.post("/api/explain", files={"file": ("seven.png", data, "image/png")})
+    assert multipart.status_code == 200 and multipart.json()["layers"]
+    assert "/api/explain" in client.get("/openapi.json").json()["paths"]

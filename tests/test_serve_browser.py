@@ -6,7 +6,8 @@ Draws a 7 with pointer events (a mouse, then a finger on a phone-sized page), up
 photo with the file picker and another by drag-and-drop, clears with the button and the
 keyboard, and fails on any browser console error. Then, at a desktop and a phone size: the
 unsure and not-a-digit answers, the "draw bigger" hint, the pen width, and "Several digits"
-(a number drawn digit by digit, each digit's box drawn over it). Screenshots go to the
+(a number drawn digit by digit, each digit's box drawn over it), and "Inside the network"
+(live feature maps, kernels, attribution, preprocessing steps). Screenshots go to the
 test's temp folder.
 """
 
@@ -514,5 +515,97 @@ def test_several_digits_reads_a_number_and_boxes_each_digit(server_url, browser,
     assert sum(width for _, width, _ in bars(page)) == pytest.approx(100, abs=3)
     page.locator("#clear").click()
     assert_idle(page)
+    assert console.errors == []
+    context.close()
+
+
+# ---------- inside the network ----------
+
+MAP_PIXELS = """() => [...document.querySelectorAll("#layers canvas.map")].map((c) => {
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    const grey = [];
+    for (let i = 0; i < d.length; i += 4) grey.push(d[i + 3] ? d[i] : -1);  // -1: nothing drawn
+    return grey;
+})"""
+
+
+def drawn_maps(page, after: int) -> list[list[int]]:
+    """Every map canvas's pixels once the panel has drawn an answer newer than `after`."""
+    deadline = time.monotonic() + 15  # (wait_for_function would need eval, which the page's CSP forbids)
+    while int(page.locator("#layers").get_attribute("data-drawn")) <= after:
+        assert time.monotonic() < deadline, "the feature maps were not drawn"
+        page.wait_for_timeout(50)
+    answered(page)
+    page.wait_for_timeout(200)  # sprites of a request already out may still be decoding
+    return page.evaluate(MAP_PIXELS)
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_inside_the_network_draws_live_feature_maps(server_url, browser, tmp_path, size):
+    context, page, console = open_page(browser, size, server_url)
+    inside = page.locator("#inside")
+    summary = page.locator("#inside summary")
+    if size == "phone":  # collapsed on a phone; the summary opens it, from the keyboard too
+        assert inside.get_attribute("open") is None
+        summary.focus()
+        page.keyboard.press("Enter")
+    expect(inside).to_have_attribute("open", "")
+    expect(page.locator("#inside-note")).to_contain_text("Draw")
+
+    page.evaluate("window.scrollTo(0, 0)")  # the canvas in view
+    draw(page, size, SEVEN)
+    first = drawn_maps(page, 0)
+    wait_for_guess(page, "7")  # the explain answer drives the prediction panel too
+    titles = page.locator("#layers .layer-title").all_text_contents()
+    assert [t.split()[0] for t in titles] == ["C1", "S2", "C3", "S4", "C5", "F6", "output"]
+    assert titles[0].startswith("C1 ") and "@28x28" in titles[0]
+    # Drawn and not blank: every map has pixels, and most maps are not one flat grey.
+    assert all(min(m) >= 0 for m in first), "a map was never drawn"
+    varied = sum(max(m) - min(m) > 16 for m in first)
+    assert varied >= len(first) // 2, f"only {varied} of {len(first)} maps have any contrast"
+    expect(page.locator("#inside-input")).to_be_visible()
+
+    # Hover (or tap) a C1 map: its value range and its 5x5 kernel.
+    c1 = page.locator("#layers canvas.map").nth(2)
+    if size == "phone":
+        c1.tap()
+    else:
+        c1.hover()
+    expect(page.locator("#map-info")).to_contain_text("C1 map 3 of")
+    expect(page.locator("#map-info canvas.kernel")).to_have_count(1)
+    # Keyboard: a C3 map takes focus and shows its kernels from the S2 maps it reads.
+    c3 = page.locator("#layers li").nth(2).locator("canvas.map").first
+    c3.focus()
+    expect(page.locator("#map-info")).to_contain_text("C3 map 1 of")
+    assert page.locator("#map-info canvas.kernel").count() >= 3
+
+    # The attribution overlay toggles on the 28x28 view.
+    attr = page.locator("#inside-attr")
+    assert not attr.is_visible()
+    page.locator("#attr-toggle").check()
+    expect(attr).to_be_visible()
+    assert attr.get_attribute("src").startswith("data:image/png;base64,")
+    # The preprocessing stages, one click away.
+    before = int(page.locator("#layers").get_attribute("data-drawn"))
+    page.locator("#steps-toggle").click()
+    expect(page.locator("#steps li").first).to_be_visible(timeout=15_000)
+    assert page.locator("#steps li").count() >= 5
+    assert "fitted 28x28" in " ".join(page.locator("#steps li span").all_text_contents())
+    page.screenshot(path=tmp_path / f"inside-{size}.png", full_page=True)
+
+    # Drawing more changes the maps, live.
+    first = drawn_maps(page, before)  # with the steps
+    before = int(page.locator("#layers").get_attribute("data-drawn"))
+    page.evaluate("window.scrollTo(0, 0)")  # the canvas back in view (the panel is below it)
+    draw(page, size, [(0.30, 0.55), (0.72, 0.55)])  # a bar across: a crossed 7
+    second = drawn_maps(page, before)
+    page.screenshot(path=tmp_path / f"inside-{size}-2.png", full_page=True)
+    assert len(second) == len(first)
+    assert sum(a != b for a, b in zip(first, second)) >= len(first) // 2
+    expect(attr).to_be_visible()
+
+    page.locator("#clear").click()
+    assert_idle(page)
+    expect(page.locator("#inside-input")).to_be_hidden()
     assert console.errors == []
     context.close()

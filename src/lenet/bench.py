@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from lenet.config import TrainConfig, check
 from lenet.data import Dataset, load_dataset
 from lenet.layers import layer_by_layer
-from lenet.models import create_model, get_spec
+from lenet.models import create_model
 from lenet.train import Run, evaluate
 
 
@@ -40,9 +40,9 @@ def train_epoch_rate(model_name: str, data: Dataset, augment: bool, batch_size: 
 def eval_seconds(model_name: str, data: Dataset, layerwise: bool = False) -> float:
     """Seconds to evaluate the whole test set (after one warm-up batch)."""
     model = create_model(model_name).to(memory_format=torch.channels_last)
+    spec = model.input_spec
     if layerwise:
         model = layer_by_layer(model)
-    spec = get_spec(model_name)
     evaluate(model, spec, data.test_images[:500], data.test_labels[:500])
     start = time.perf_counter()
     evaluate(model, spec, data.test_images, data.test_labels)

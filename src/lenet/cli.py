@@ -6,6 +6,7 @@
     lenet train [--preset NAME] [--model M] [--epochs N] [--out DIR] ... [--resume FILE]
     lenet eval [--checkpoint C] [--dataset D] [--json] [--out DIR]
     lenet predict [--checkpoint C] IMAGE_OR_DIR... [--json] [--top-k K] [--save-input DIR]
+    lenet explain IMAGE... | --index N [--checkpoint C] --out DIR [--json]
     lenet export [--checkpoint C] --format onnx [--int8] --out FILE
     lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000] [--allow-host NAME]...
     lenet bench [--model M] [--batch-size N] [--json]
@@ -131,7 +132,8 @@ def cmd_data_show(args) -> int:
             raise LenetError("--grid needs --out FILE.png")
         n = args.grid * args.grid
         path = save_image_grid(images[:n], [data.class_names[i] for i in labels[:n].tolist()],
-                               Path(args.out), ncols=args.grid)
+                               Path(args.out), ncols=args.grid,
+                               title=f"{data.name} {args.split}: the first {n} images and their labels")
         return show(args, {"path": str(path), "images": n}, f"wrote {path} ({n} images)")
     if not 0 <= args.index < len(images):
         raise LenetError(f"--index {args.index}: the {args.split} set has images 0..{len(images) - 1}")
@@ -140,22 +142,28 @@ def cmd_data_show(args) -> int:
         emit_json({"dataset": data.name, "split": args.split, "index": args.index, "label": label,
                    "name": data.class_names[label], "pixels": images[args.index].tolist()})
     else:
-        print(ascii_image(images[args.index]))
+        print(ascii_image(images[args.index], args.pixels))
         print(f"{data.name} {args.split}[{args.index}]: label {label} ({data.class_names[label]})")
     return 0
 
 
 def cmd_train(args) -> int:
     from lenet import config
+    from lenet.distributed import env_world, launch, under_launcher
     from lenet.train import fit
 
     base = None
     if args.resume:
         from lenet.resume import resume_config
 
-        base = resume_config(args.resume)  # checked; its data_root is not used (the flag or the default is)
+        log = {} if env_world().main else {"log": lambda s: None}  # under torchrun, rank 0 speaks
+        base = resume_config(args.resume, **log)  # checked; its data_root is not used (the flag or the default is)
     cfg = config.from_args(args, base)
+    if cfg.nproc > 1 and not under_launcher():  # --nproc N: the same command on N processes, through torchrun
+        return launch(args.argv, cfg.nproc)
     metrics = fit(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    if not env_world().main:
+        return 0  # rank 0 reports
     return show(args, metrics, f"test accuracy {metrics['test_accuracy']:.4f} (model of epoch {metrics['best_epoch']}, "
                 f"selected on {metrics['selected_on']}), {metrics['seconds']:.1f} s; run folder {cfg.out}")
 
@@ -182,13 +190,29 @@ def cmd_predict(args) -> int:
     return predict_command(args.inputs, args.checkpoint, args.top_k, args.json, args.save_input, number=args.number)
 
 
+def cmd_explain(args) -> int:
+    from lenet.explain import explain_command
+
+    results = explain_command(args.inputs, args.index or [], args.checkpoint, Path(args.out), args.data_root)
+    if args.json:
+        for result in results:
+            emit_json(result)
+    else:
+        for r in results:
+            print(f"{r['input']}: predicted {r['name']} (p={r['probability']:.2f}); layers "
+                  + ", ".join(layer["title"] for layer in r["layers"]))
+            for path in r["files"]:
+                print(f"  wrote {path}")
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from lenet.calibrate import calibrate_command
 
     result = calibrate_command(args.checkpoint, Path(args.out), data_root(args), args.seed, args.overwrite,
                                log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
     r = result["report"]
-    return show(args, result, f"wrote {result['path']}: temperature {result['temperature']:.3f}; held-out digits "
+    return show(args, result, f"wrote {result['path']}: temperature {result['temperature']:.3f}; held-out images "
                 f"refused {r['digits_refused']:.2%}, unsure {r['digits_unsure']:.2%}; generated non-digits "
                 f"refused {r['nondigits_refused']:.2%}")
 
@@ -252,6 +276,8 @@ def build_parser() -> Parser:
     show_p.add_argument("--index", type=int, default=0, help="which image to print (default 0)")
     show_p.add_argument("--grid", type=int, metavar="N", help="save the first NxN images as a picture")
     show_p.add_argument("--out", metavar="PNG", help="picture file for --grid")
+    show_p.add_argument("--pixels", choices=("shades", "numbers", "hex"), default="shades",
+                        help="print the image as shades of grey (default), 0-255 numbers, or hex")
 
     from lenet.config import add_arguments
 
@@ -274,6 +300,14 @@ def build_parser() -> Parser:
     sp.add_argument("--top-k", type=int, default=3, metavar="K", help="show the K most likely classes")
     sp.add_argument("--save-input", metavar="DIR", help="save what the model saw (28x28) next to a copy of each input")
     sp.add_argument("--number", action="store_true", help="read a whole handwritten number in each image, left to right")
+
+    sp = command("explain", cmd_explain, "look inside the model: preprocessing steps, every layer's "
+                 "activations, the kernels and attributions, as pictures in OUT/NAME/")
+    sp.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR")
+    sp.add_argument("--index", type=int, action="append", metavar="N", help="a test-set image (repeatable)")
+    sp.add_argument("--checkpoint", help="model file or embedded name: mnist (default), fashion-mnist")
+    sp.add_argument("--out", required=True, metavar="DIR", help="folder for the pictures (one sub-folder per input)")
+    add_data_root(sp)
 
     sp = command("calibrate", cmd_calibrate, "fit the statuses (ok / unsure / not_a_digit) of a checkpoint on "
                  "held-out data; writes a calibrated copy")
@@ -310,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return int(exc.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `lenet train --nproc N` passes them on
     try:
         return args.func(args)
     except LenetError as exc:

@@ -61,8 +61,12 @@ class TrainConfig:
     elastic_sigma: float = _opt("augmentation: elastic field smoothness in pixels", default=4.0)
     thickness: float = _opt("augmentation: share of images drawn 1 px thicker or thinner", default=0.0)
     device: str = _opt("device", DEVICES, "auto")
-    threads: int = _opt("CPU threads (0: PyTorch's default)", default=0)
+    threads: int = _opt("CPU threads (0: PyTorch's default; with --nproc N: cores / N per process)", default=0)
+    nproc: int = _opt("processes to train on, data parallel through torchrun (--batch-size stays the global batch)",
+                      default=1)
     eval_batch_size: int = _opt("images per forward pass when evaluating (500: cache-friendly on CPUs)", default=500)
+    tensorboard: bool = _opt("also write TensorBoard event files in the run folder (`tensorboard --logdir runs`; "
+                             "needs the tensorboard extra)", default=False)
     out: str = _opt("run folder", default="runs/train")
 
 
@@ -100,7 +104,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, f.name)
         if not isinstance(v, PYTHON_TYPES[f.type]) or (f.type in ("int", "float") and isinstance(v, bool)):
             raise LenetError(f"{f.name}: expected {f.type}, got {v!r}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs", "nproc"):
         if getattr(cfg, name) < 1:
             raise LenetError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     for name in ("val_size", "threads"):
@@ -201,7 +205,8 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # What may differ between a run and its resumption: where and how fast it runs, not what it learns.
-RESUME_MAY_CHANGE = {"out", "threads", "device", "eval_batch_size", "data_root"}
+# `nproc`: a resume with another number of processes works, with a warning (fit() says it).
+RESUME_MAY_CHANGE = {"out", "threads", "device", "eval_batch_size", "data_root", "nproc", "tensorboard"}
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: str | Path) -> None:

@@ -87,8 +87,12 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def ascii_image(image: torch.Tensor) -> str:
-    """(H, W) uint8 (or float in [0, 1]) -> H lines of two-digit hex pixel values, 0 shown as ' .'."""
+SHADES = " .:-=+*#%@"  # dark to light, one character per tenth of 0..255
+
+
+def ascii_image(image: torch.Tensor, style: str = "hex") -> str:
+    """(H, W) uint8 (or float in [0, 1]) -> H lines: "shades" (two characters per pixel, from
+    SHADES), "numbers" (0-255, 3 wide) or "hex" (two hex digits, 0 shown as ' .')."""
     if image.dim() == 3 and image.shape[0] == 1:
         image = image[0]  # (1, H, W) -> (H, W)
     if image.dim() != 2:
@@ -96,4 +100,10 @@ def ascii_image(image: torch.Tensor) -> str:
     if image.is_floating_point():
         image = (image.clamp(0, 1) * 255).round()
     rows = image.to(torch.uint8).tolist()
+    if style == "shades":
+        return "\n".join("".join(SHADES[v * len(SHADES) // 256] * 2 for v in row).rstrip() for row in rows)
+    if style == "numbers":
+        return "\n".join(" ".join(f"{v:3d}" for v in row) for row in rows)
+    if style != "hex":
+        raise ValueError(f"style must be shades, numbers or hex, not {style!r}")
     return "\n".join("".join(f"{v:02x}" if v else " ." for v in row) for row in rows)

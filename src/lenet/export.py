@@ -23,7 +23,7 @@ from torch import nn
 from lenet.checkpoint import load_checkpoint
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write
-from lenet.models import ModelSpec, get_spec, prepare_input
+from lenet.models import ModelSpec, prepare_input
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch (float export)
@@ -48,7 +48,7 @@ def export_onnx(checkpoint: str | None, out: Path, int8: bool = False) -> dict[s
     except ImportError:
         raise LenetError("ONNX export needs the export extra: pip install 'lenet[export]'") from None
     model, meta = load_checkpoint(checkpoint)
-    wrapped = WithInputContract(model, get_spec(meta["model"])).eval()
+    wrapped = WithInputContract(model, model.input_spec).eval()
     sample = torch.rand(8, 1, 28, 28)
     out = Path(out)
     check: dict[str, float] = {}

@@ -61,8 +61,13 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; kwargs go to its builder (e.g. num_classes=10)."""
-    return get_spec(name).builder(**kwargs)
+    """Build a registered model; kwargs go to its builder (e.g. num_classes=10). Its input
+    contract travels with it as `model.input_spec` (timm's pretrained_cfg), so callers never
+    look it up again from a name."""
+    spec = get_spec(name)
+    model = spec.builder(**kwargs)
+    model.input_spec = spec
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

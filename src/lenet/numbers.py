@@ -43,10 +43,10 @@ class Candidate:
     ys: np.ndarray  # (n,) rows of its ink pixels
     xs: np.ndarray  # (n,) columns
     mass: float  # its ink, grey levels summed
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, bottom, left, right), exclusive ends; set from the pixels
 
-    @property
-    def box(self) -> tuple[int, int, int, int]:  # (top, bottom, left, right), exclusive ends
-        return int(self.ys.min()), int(self.ys.max()) + 1, int(self.xs.min()), int(self.xs.max()) + 1
+    def __post_init__(self):
+        self.box = int(self.ys.min()), int(self.ys.max()) + 1, int(self.xs.min()), int(self.xs.max()) + 1
 
     def merged(self, other: Candidate) -> Candidate:
         return Candidate(np.concatenate([self.ys, other.ys]), np.concatenate([self.xs, other.xs]),
@@ -81,15 +81,10 @@ def components(found: InkImage) -> list[Candidate]:
              for a, b, m in zip(starts[:-1], starts[1:], mass)]
     heaviest = max(p.mass for p in parts)
     height = max(p.box[1] - p.box[0] for p in parts)
-    keep = [p for p in parts if p.mass >= SPECK * heaviest or _near_heavy(p, parts, heaviest, height)]
-    return keep
-
-
-def _near_heavy(part: Candidate, parts: list[Candidate], heaviest: float, height: int) -> bool:
-    """A light part right beside a heavy one: a broken stroke, not a speck."""
-    if part.mass < 0.002 * heaviest:
-        return False
-    return any(q is not part and q.mass >= SPECK * heaviest and _gap(part, q) <= BESIDE * height for q in parts)
+    heavy = [p for p in parts if p.mass >= SPECK * heaviest]
+    light = [p for p in parts if 0.002 * heaviest <= p.mass < SPECK * heaviest
+             and any(_gap(p, q) <= BESIDE * height for q in heavy)]  # a broken stroke beside a digit
+    return heavy + light
 
 
 def _gap(a: Candidate, b: Candidate) -> int:

@@ -12,6 +12,7 @@ cannot be read gets one line on stderr and the others are still predicted.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from PIL import Image
 from lenet.checkpoint import load_checkpoint
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write
-from lenet.models import get_spec, prepare_input
+from lenet.models import prepare_input
 from lenet.numbers import read_number
 from lenet.preprocess import DIGITS, NO_DIGIT, OBJECTS, Preprocessed, as_image, open_image, preprocess, to_png
 from lenet.trust import Trust, features
@@ -62,7 +63,7 @@ class Predictor:
         self.model = model.to(self.device)
         self.body, self.head = split_head(self.model)
         self.model_name: str = self.meta["model"]
-        self.spec = get_spec(self.model_name)  # normalisation and input size come from here
+        self.spec = model.input_spec  # normalisation and input size travel with the model
         self.dataset: str = self.meta.get("dataset", "unknown")
         classes = self.meta.get("model_args", {}).get("num_classes", 10)
         self.class_names: list[str] = list(self.meta.get("class_names") or map(str, range(classes)))
@@ -267,6 +268,24 @@ def format_number_row(path: str, result: dict, width: int) -> str:
     return f"{path:<{width}}  {result['number'] or '-':<12} {result['status']:<12} {digits or result.get('reason', '')}"
 
 
+@contextlib.contextmanager
+def c_stderr_off():
+    """libtiff prints what it finds wrong in a file straight to file descriptor 2, beside our
+    one line per file: silence the descriptor while a file decodes (the CLI only: one thread)."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_json: bool,
                     save_input: str | None, out: IO[str] | None = None, err: IO[str] | None = None,
                     number: bool = False) -> int:
@@ -297,7 +316,9 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
             try:
                 if error:
                     raise LenetError(error)
-                ready.append((shown, file, root, read(open_image(file, shown))))
+                with c_stderr_off():
+                    img = open_image(file, shown)
+                ready.append((shown, file, root, read(img)))
             except LenetError as exc:
                 failed += 1
                 print(f"lenet: error: {exc}", file=err, flush=True)

@@ -48,10 +48,14 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 FORMAT_NAMES = "PNG, JPEG, BMP, GIF, WebP, TIFF, PBM/PGM/PPM"
 SLOW_PIXELS = 160_000  # images whose layout Pillow decodes in Python (plain-text PNM, PNM with
 # an odd maxval, RLE BMP: 0.3-2 MP/s) are refused above this (400x400), before decoding
+# Decoded data (pixels x channels x bytes per sample) allowed where a format cannot be decoded
+# at a reduced scale as JPEG is: the slowest data measured (random 16-bit PNG, lossy WebP with
+# alpha, deflated float TIFF) decodes at 8-30 ns a byte, so each stays near a second.
+DECODE_BYTES = {"PNG": 64_000_000, "WEBP": 40_000_000, "TIFF": 128_000_000}
 MAX_TILES = 20_000  # TIFF strips/tiles: Pillow loads each in a Python loop (20k: about 0.2 s)
 MAX_SCANS = 100  # JPEG scans (a progressive file has about 10): libjpeg passes over the whole
 # image for each (1,000 scans took 5.5 s)
-MAX_READS = 200_000  # reads of the file while decoding one image: Pillow parses PNG chunks, JPEG
+MAX_READS = 100_000  # reads of the file while decoding one image: Pillow parses PNG chunks, JPEG
 # markers, GIF blocks and PNM headers in Python, a read or two each (1M tiny ones took 2-5 s);
 # a 40 MP PNG in 8 kB chunks needs about 25,000
 WORK_SIDE = 200  # long side the analysis runs at; a digit filling 1/5 of a photo keeps 40 px
@@ -157,15 +161,15 @@ def open_image(source: str | Path | bytes, name: str | None = None,
         except OSError as exc:
             raise LenetError(f"{label}: cannot read ({exc.strerror or exc})") from None
     with fp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse by our own limit
+        warnings.simplefilter("ignore")  # decompression bombs (refused by our own limit), corrupt tags, ...
         return _decode(fp, label, max_pixels)
 
 
 def _decode(fp, label: str, max_pixels: int) -> Image.Image:
     """open_image's work on an open binary file: any failure of a decoder on hostile data
     (Pillow's plugins raise OSError, ValueError, NotImplementedError, struct.error, ...)
-    becomes one LenetError naming the file, and the decoding work is bounded from the
-    header, before decoding: pixels, pixels of layouts decoded in Python, TIFF tiles."""
+    becomes one LenetError naming the file, and the decoding work is bounded before
+    decoding (_tiff_strips, _bound_work) and while decoding (_Reads)."""
     too_large = f"{label}: image too large (over {max_pixels:,} pixels)"
     busy = f"{label}: too much work to decode (over {MAX_READS:,} reads of tiny chunks, markers or header bytes)"
     strips = _tiff_strips(fp)
@@ -182,6 +186,29 @@ def _decode(fp, label: str, max_pixels: int) -> Image.Image:
         raise LenetError(f"{label}: not an image (or not one of the formats read: {FORMAT_NAMES})") from None
     except Exception as exc:  # noqa: BLE001 - a forged header can make a plugin raise anything
         raise LenetError(f"{label}: not an image, or its header is corrupt ({_why(exc)})") from None
+    try:
+        _bound_work(img, fp, reads, label, max_pixels)
+        width, height = img.size
+        if img.format in ("JPEG", "MPO") and max(width, height) > 2 * WORK_SIDE:
+            scale = 2 * WORK_SIDE / max(width, height)  # draft keeps at least this size
+            img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
+        img.seek(0)  # first frame of an animation
+        img.load()
+        return upright(img)
+    except LenetError:
+        raise
+    except Image.DecompressionBombError:
+        raise LenetError(too_large) from None
+    except _TooMuchWork:
+        raise LenetError(busy) from None
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on corrupt data
+        raise LenetError(f"{label}: truncated or corrupt image ({_why(exc)})") from None
+
+
+def _bound_work(img: Image.Image, fp, reads: _Reads, label: str, max_pixels: int) -> None:
+    """Refuse, from an opened image's header, what would take too long to decode: too many
+    pixels (for the format, or for a layout decoded in Python), too many TIFF strips or JPEG
+    scans. Raises LenetError; gives the Python decoders their read allowance."""
     width, height = img.size
     if width * height > max_pixels:
         raise LenetError(f"{label}: image too large ({width}x{height} = {width * height:,} pixels, "
@@ -197,21 +224,12 @@ def _decode(fp, label: str, max_pixels: int) -> Image.Image:
         raise LenetError(f"{label}: image has too many strips or tiles ({len(tiles):,}, limit {MAX_TILES:,})")
     if in_python:
         reads.left += 2 * width * height  # these decoders read once or twice per pixel
+    data_bytes, cap = width * height * _pixel_bytes(img), DECODE_BYTES.get(img.format, 1 << 62)
+    if data_bytes > cap:
+        raise LenetError(f"{label}: image too large to decode quickly ({width}x{height} {img.format}: "
+                         f"{data_bytes / 1e6:,.0f} MB of pixels, limit {cap / 1e6:,.0f} MB; save it smaller or as JPEG)")
     if img.format in ("JPEG", "MPO") and _jpeg_scans(fp) > MAX_SCANS:
         raise LenetError(f"{label}: a JPEG of over {MAX_SCANS} scans; not a normal image")
-    try:
-        if img.format in ("JPEG", "MPO") and max(width, height) > 2 * WORK_SIDE:
-            scale = 2 * WORK_SIDE / max(width, height)  # draft keeps at least this size
-            img.draft(img.mode, (int(width * scale) + 1, int(height * scale) + 1))
-        img.seek(0)  # first frame of an animation
-        img.load()
-        return upright(img)
-    except Image.DecompressionBombError:
-        raise LenetError(too_large) from None
-    except _TooMuchWork:
-        raise LenetError(busy) from None
-    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on corrupt data
-        raise LenetError(f"{label}: truncated or corrupt image ({_why(exc)})") from None
 
 
 class _TooMuchWork(Exception):
@@ -262,6 +280,16 @@ def _tiff_strips(fp) -> int:
         return 0  # a header this broken is Pillow's to refuse
     finally:
         fp.seek(start)
+
+
+def _pixel_bytes(img: Image.Image) -> int:
+    """Bytes per pixel of what the decoder produces: its channels times the bytes of a sample
+    in the file's raw mode (a 16-bit RGBA PNG decodes "RGBA;16B": 8 bytes, shown as RGBA)."""
+    args = img.tile[0][3] if img.tile else None
+    raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args and \
+        isinstance(args[0], str) else img.mode
+    depth = 4 if img.mode in ("I", "F") or "32" in raw else 2 if "16" in raw else 1
+    return len(img.getbands()) * depth
 
 
 def _jpeg_scans(fp) -> int:
@@ -397,20 +425,15 @@ def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
     pixels' median when they are many (a cut-out photo of paper). Float and 32-bit images
     may hold anything: see _grey_levels.
     """
-    floats = img.mode == "F"
+    factor = -(-max(img.size) // side)  # ceil
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _deep_gray(img, factor)
     if img.mode in ("La", "RGBa"):  # premultiplied alpha
         img = img.convert("LA" if img.mode == "La" else "RGBA")
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
     elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("L" if img.mode == "1" else "RGB")
-    elif img.mode.startswith("I;16"):
-        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257.0).astype(np.float32), "F")
-    elif img.mode == "I":
-        arr = np.asarray(img, dtype=np.float32)
-        top = float(arr.max()) if arr.size else 1.0
-        img = Image.fromarray(arr / (257.0 if top > 255 else 1.0), "F")
-    factor = -(-max(img.size) // side)  # ceil
 
     def small(channel: Image.Image) -> np.ndarray:
         return np.asarray(channel.reduce(factor) if factor > 1 else channel, dtype=np.float32)
@@ -428,13 +451,27 @@ def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
         return alpha * (lum - np.float32(paper)) + np.float32(paper)
     if factor > 1:
         img = img.reduce(factor)  # before the grey conversion: less to convert
-    if img.mode == "F":
-        return _grey_levels(np.asarray(img, dtype=np.float32), floats)
     return np.asarray(img.convert("L"), dtype=np.float32)
 
 
+def _deep_gray(img: Image.Image, factor: int) -> np.ndarray:
+    """A 16-bit, 32-bit or float image -> (H/factor, W/factor) float32 grey levels 0..255.
+
+    Reduced as floats (Pillow's reduce of 32-bit integers overflows); 16-bit values are
+    divided by 257, 32-bit ones too when any is above 255; then _grey_levels makes whatever
+    is left (NaN, Inf, negative, huge) finite and 0..255.
+    """
+    top = img.getextrema()[1] if img.mode == "I" else 0
+    deep = img.convert("I") if img.mode.startswith("I;16") else img  # I;16B etc. convert only to I
+    deep = deep.convert("F") if deep.mode == "I" else deep
+    arr = np.asarray(deep.reduce(factor) if factor > 1 else deep, dtype=np.float64)
+    if img.mode.startswith("I;16") or top > 255:
+        arr = arr / 257.0
+    return _grey_levels(arr, img.mode == "F")
+
+
 def _grey_levels(arr: np.ndarray, floats: bool) -> np.ndarray:
-    """(H, W) values of a float or 32-bit image -> finite grey levels in 0..255, float32.
+    """(H, W) float64 values of a float or 32-bit image -> finite grey levels 0..255, float32.
 
     NaN is taken as paper (the median of the finite values), +-Inf as the brightest or
     darkest finite value; a float image within [0, 1] is scaled to 0..255 (as arrays are);
@@ -446,16 +483,13 @@ def _grey_levels(arr: np.ndarray, floats: bool) -> np.ndarray:
             if not finite.any():
                 return np.full(arr.shape, 255.0, dtype=np.float32)  # nothing but NaN and Inf: blank
             values = arr[finite]
-            arr = np.where(np.isnan(arr), np.float32(imageops.median(values)),
-                           np.clip(arr, values.min(), values.max())).astype(np.float32)
+            arr = np.where(np.isnan(arr), imageops.median(values), np.clip(arr, values.min(), values.max()))
         lo, hi = float(arr.min()), float(arr.max())
         if floats and lo >= 0.0 and hi <= 1.0:
-            return arr * np.float32(255)
-        if lo >= 0.0 and hi <= 255.0:
-            return arr
-        if hi - lo <= 0.0:
-            return np.full(arr.shape, 255.0, dtype=np.float32)  # one level: blank
-        return ((arr.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+            arr = arr * 255.0
+        elif lo < 0.0 or hi > 255.0:
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.full(arr.shape, 255.0)
+        return arr.astype(np.float32)
 
 
 def preprocess(img: Image.Image, mode: Mode = DIGITS) -> Preprocessed:

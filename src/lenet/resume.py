@@ -6,7 +6,8 @@ continues exactly where the run stopped or refuses with one line, never a traceb
 The state is compared with what a fresh run of the same config would hold: the epoch counters
 and history, both RNG states (uint8, torch's length), the optimizer's parameter groups and
 per-parameter tensors (the parameters' shapes, finite), and the scheduler (same fields, at
-the step the epoch implies). The saved config must be an object of known, valid fields.
+the step the epoch implies), and each rank's RNG states of a data-parallel run (one per process).
+The saved config must be an object of known, valid fields.
 The saved `data_root` is not used: data comes from `--data-root` or the default root (every
 file is checked by SHA-256 either way), so a file cannot choose where `--resume` fetches to.
 """
@@ -26,6 +27,10 @@ from lenet.config import RETIRED_FIELDS, TrainConfig, check
 from lenet.errors import LenetError
 
 STATE_KEYS = ("epoch", "best", "best_epoch", "history", "optimizer", "scheduler", "torch_rng", "gen_rng")
+# Written since data-parallel training (files without them are a one-process run's): the number of
+# processes, and each rank's torch and augmentation generator states, in rank order.
+RANK_KEYS = ("world_size", "rank_torch_rng", "rank_aug_rng")
+MAX_WORLD_SIZE = 4096
 RNG_BYTES = torch.get_rng_state().numel()  # 5056: a CPU generator's Mersenne Twister state + seed + offset
 HISTORY_NUMBERS = ("train_loss", "train_accuracy", "seconds", "images_per_second")  # finish() sums these
 
@@ -91,6 +96,23 @@ def _rng_problem(name: str, v: Any) -> str | None:
     return f"{name} must be {RNG_BYTES} bytes of generator state"
 
 
+def _ranks_problem(state: dict[str, Any]) -> str | None:
+    present = [k for k in RANK_KEYS if k in state]
+    if not present:
+        return None  # saved before data-parallel training: one process
+    if len(present) != len(RANK_KEYS):
+        return f"missing {', '.join(k for k in RANK_KEYS if k not in state)}"
+    size = state["world_size"]
+    if type(size) is not int or not 1 <= size <= MAX_WORLD_SIZE:
+        return f"world_size {size!r} is not a whole number from 1 to {MAX_WORLD_SIZE}"
+    for key in RANK_KEYS[1:]:
+        if not isinstance(state[key], list) or len(state[key]) != size:
+            return f"{key} must hold one generator state per process ({size})"
+        if problem := next((p for i, v in enumerate(state[key]) if (p := _rng_problem(f"{key}.{i}", v))), None):
+            return problem
+    return None
+
+
 def _counters_problem(state: dict[str, Any], epochs: int) -> str | None:
     epoch, best_epoch, best, history = state["epoch"], state["best_epoch"], state["best"], state["history"]
     if type(epoch) is not int or not 0 <= epoch <= epochs:
@@ -142,7 +164,8 @@ def check_state(state: Any, run: Any, path: Path | str) -> None:
         problem = f"missing {', '.join(missing)}"
     else:
         problem = (_counters_problem(state, run.cfg.epochs) or _rng_problem("torch_rng", state["torch_rng"])
-                   or _rng_problem("gen_rng", state["gen_rng"]) or _optimizer_problem(run.opt, state["optimizer"])
+                   or _rng_problem("gen_rng", state["gen_rng"]) or _ranks_problem(state)
+                   or _optimizer_problem(run.opt, state["optimizer"])
                    or _scheduler_problem(run.sched, state["scheduler"], state["epoch"] * run.steps_per_epoch))
     if problem:
         raise LenetError(f"{path}: its training state is malformed ({problem}) — resume from an intact "

@@ -1,5 +1,8 @@
 """The web app: a drawing page at `/` and a JSON prediction API (the `serve` extra).
 
+The page shows the answer as you draw and, in its "Inside the network" panel, what each
+layer computes (`POST /api/explain`: feature maps, kernels, an attribution, preprocessing).
+
     pip install 'lenet[serve]'
     lenet serve [--checkpoint C]... [--host 127.0.0.1] [--port 8000] [--allow-host NAME]...
 
@@ -8,7 +11,7 @@
 
 Modules: app.py (routes), upload.py (request body -> image bytes, with limits),
 batcher.py (concurrent requests -> one forward pass), inference.py (models, the batch
-function), hosts.py (the Host header check), docs.py (offline /docs), protocol.py (uvicorn's
+function), explaining.py (/api/explain's maps, kernels and attribution), hosts.py (the Host header check), docs.py (offline /docs), protocol.py (uvicorn's
 h11 with per-connection deadlines and a connection cap), server.py (socket + uvicorn),
 static/ (the page: HTML, CSS, JS; no build step; swagger/: Swagger UI for /docs).
 """

@@ -4,6 +4,8 @@
     POST /api/predict       image bytes or multipart -> the predict object (?model= ?top_k=
                             ?include_input=true adds the 28x28 input as a PNG data URL;
                             ?number=true reads a whole number: the number object)
+    POST /api/explain       the same body -> the predict object + each layer's maps as PNG
+                            sprites, the kernels, an attribution (?steps=true: preprocessing)
     GET  /api/models        the loaded models (the first is the default) and their preprocessing mode
     GET  /healthz           liveness
     GET  /docs              OpenAPI docs (Swagger UI from static/swagger/: works offline; docs.py)
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Literal
@@ -102,6 +105,32 @@ class NumberPrediction(BaseModel):
                                        "else unsure; no_digit when nothing was found")
     digits: list[Digit]
     reason: str | None = None
+
+
+class Layer(BaseModel):
+    """One layer's output: its maps side by side in one PNG sprite, scaled 0..255 from min..max."""
+
+    name: str = Field(description='"C1", "S2", ... for LeNet-5 models, else the module\'s name')
+    title: str
+    shape: list[int] = Field(description="[maps, height, width], or [units] for a vector layer")
+    min: float
+    max: float
+    columns: int = Field(description="maps per sprite row (a vector layer: one row of N pixels)")
+    sprite: str = Field(description="PNG data URL")
+    map_min: list[float] | None = None
+    map_max: list[float] | None = None
+    values: list[float] | None = Field(None, description="a vector layer's units")
+    kernels: dict | None = Field(None, description="a convolution's kernels: shape [out, in, k, k], bound, "
+                                 "sprite (rows: output maps, columns: input maps; 128 = 0), inputs (C3's table)")
+
+
+class Explanation(Prediction):
+    """The predict object, with what each layer made of the image (`POST /api/explain`)."""
+
+    layers: list[Layer]
+    attribution: dict | None = Field(None, description="png: a 28x28 RGBA overlay (red: pushed towards the "
+                                     "predicted class, blue: away), bound, target, method")
+    steps: list[dict] | None = Field(None, description="with steps=true: the preprocessing stages {name, png}")
 
 
 class ErrorBody(BaseModel):
@@ -192,19 +221,45 @@ async def predict(request: Request,
     no_digit). With `number=true` the image is read as a handwritten number: each digit's
     answer and box, left to right."""
     state = request.app.state
-    name = model or next(iter(state.models))
-    if name not in state.models:
-        raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(state.models)}")
+    name = model_named(state, model)
     if number and not state.models[name].digits:
         raise ApiError(400, f"number=true reads digits; model {name!r} has other classes "
                             f"({', '.join(state.models[name].class_names[:3])}, ...)")
+    return await answer(request, name, Job(b"", top_k, include_input, number))
+
+
+async def explain(request: Request,
+                  model: str | None = Query(None, description="a name from GET /api/models; default: the first"),
+                  top_k: int = Query(3, ge=1, le=100, description="how many best classes to list"),
+                  steps: bool = Query(False, description="add the preprocessing stages, each as a PNG data URL"),
+                  ) -> JSONResponse:
+    """Look inside the network: the predict object (with its 28x28 `input_png`), each layer's
+    feature maps as one PNG sprite (the paper's names for LeNet-5: C1, S2, C3, S4, C5, F6,
+    output), the convolutions' kernels, and an Integrated Gradients attribution as a 28x28
+    RGBA overlay. Same body, limits and errors as /api/predict; `layers` is empty when no
+    digit was found."""
+    name = model_named(request.app.state, model)
+    return await answer(request, name, Job(b"", top_k, True, explain=True, steps=steps))
+
+
+def model_named(state, model: str | None) -> str:
+    """The requested model's name (the first loaded by default), or a 404."""
+    name = model or next(iter(state.models))
+    if name not in state.models:
+        raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(state.models)}")
+    return name
+
+
+async def answer(request: Request, name: str, job: Job) -> JSONResponse:
+    """Read the body, queue `job` with it for model `name`'s worker threads, answer."""
+    state = request.app.state
     check_queue(state)  # before the upload too: no use reading a body only to refuse it
     # A slot is taken once the body is in: a slow upload holds only its bytes (the budget).
     data = await read_image_bytes(request, state.max_body_bytes, state.uploads)
     check_queue(state)
     state.waiting += 1
     try:
-        result = await state.batchers[name].submit(Job(data, top_k, include_input, number))
+        result = await state.batchers[name].submit(replace(job, data=data))
     except LenetError as exc:  # a PredictionError carries its status: 400 the image, 503 the model
         raise ApiError(getattr(exc, "status", 400), str(exc)) from None
     except Exception as exc:  # a bug in the batch machinery: still this request's JSON 503
@@ -277,6 +332,9 @@ def create_app(checkpoints: list[str | Path | None] | None = None, max_body_byte
     app.add_api_route("/api/predict", predict, methods=["POST"], summary="predict from an image",
                       response_model=Prediction | NumberPrediction, responses={**ANSWERS, **ERRORS},
                       openapi_extra=PREDICT_DOCS)
+    app.add_api_route("/api/explain", explain, methods=["POST"], summary="look inside the network",
+                      response_model=Explanation, responses={200: {"description": "the explain object"},
+                                                             **ERRORS}, openapi_extra=PREDICT_DOCS)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -4,6 +4,8 @@
 {"mnist": ..., "fashion-mnist": ..., "x": ...}. `run_batch` is what a worker thread runs
 for a batch of queued requests: decode and preprocess each (most of the work), then one
 forward pass for all of them (`Predictor.answers`), and the 28x28 input as a PNG if asked.
+An `explain` job (`POST /api/explain`) is answered alone too: the predict object and what
+each layer made of the image (serve/explaining.py).
 A `number` job (`?number=true`) is split into its digits (lenet.numbers.read_number) and
 answered on its own (`Predictor.number_answer`): the number object.
 Whatever fails, fails one job only (a PredictionError with its HTTP status): an image that
@@ -23,6 +25,7 @@ from lenet.errors import LenetError
 from lenet.numbers import read_number
 from lenet.predict import Predictor, png_data_url
 from lenet.preprocess import Preprocessed, open_image
+from lenet.serve.explaining import explain_answer, steps_json
 
 log = logging.getLogger("lenet.serve")
 
@@ -43,6 +46,8 @@ class Job:
     top_k: int = 3
     include_input: bool = False
     number: bool = False  # read a whole number: the number object instead of the predict object
+    explain: bool = False  # POST /api/explain: the predict object + inside the network (serve/explaining.py)
+    steps: bool = False  # explain: the preprocessing stages too
 
 Digits = tuple[list[Preprocessed], str | None]  # read_number's answer: the digits, or why there are none
 
@@ -76,6 +81,7 @@ def warm_up(predictor: Predictor) -> None:
     img = Image.new("L", (56, 56), 0)
     ImageDraw.Draw(img).line([(28, 8), (28, 48)], fill=255, width=5)
     predictor.predict_images([img], top_k=1)
+    explain_answer(predictor, predictor.preprocess(img))  # the model's copy for explaining, its kernels
 
 
 def prepare(predictor: Predictor, job: Job, max_pixels: int) -> Preprocessed | Digits:
@@ -118,6 +124,26 @@ def number_result(predictor: Predictor, job: Job, found: Digits) -> dict | Predi
         for digit, seen in zip(answer["digits"], digits, strict=True):
             digit["input_png"] = png_data_url(seen.image)
     return {"path": "upload", **answer}
+
+
+def explain_result(predictor: Predictor, job: Job, seen: Preprocessed, max_pixels: int) -> dict | LenetError:
+    """One explain job: the predict object with its 28x28 input, every layer's maps, the
+    kernels and an attribution (+ the preprocessing stages if asked); answered alone."""
+    answer = answer_each(predictor, [seen], job.top_k)[0]
+    if isinstance(answer, PredictionError):
+        return answer
+    try:
+        inside = finite(explain_answer(predictor, seen))
+        if job.steps and not isinstance(inside, PredictionError):
+            inside["steps"] = steps_json(job.data, predictor, max_pixels) if seen.image is not None else []
+    except LenetError as exc:
+        return exc
+    except Exception as exc:
+        log.warning("the model failed to explain an upload", exc_info=True)
+        return PredictionError(f"upload: the model failed on this image ({type(exc).__name__}: {exc})", 503)
+    if isinstance(inside, PredictionError):
+        return inside
+    return {"path": "upload", **answer, "input_png": png_data_url(seen.image), **inside}
 
 
 def finite(answer: dict) -> dict | PredictionError:
@@ -163,6 +189,8 @@ def run_batch(predictor: Predictor, jobs: list[Job], max_pixels: int) -> list[di
             continue
         if job.number:
             results[i] = number_result(predictor, job, found)
+        elif job.explain:
+            results[i] = explain_result(predictor, job, found, max_pixels)
         else:
             ready.append((i, found))
     if ready:

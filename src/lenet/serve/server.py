@@ -87,7 +87,13 @@ def reachable(host: str) -> str:
 
 def serve_command(checkpoints: list[str | Path | None] | None = None, host: str = "127.0.0.1",
                   port: int = 8000, allow_hosts: list[str] | None = None) -> int:
-    """What `lenet serve` runs: prints the URL, then serves until Ctrl+C (KeyboardInterrupt)."""
+    """What `lenet serve` runs: prints the URL, then serves until Ctrl+C (KeyboardInterrupt).
+
+    The page at `/` (draw or drop a photo: the answer live, and "Inside the network": each
+    layer's feature maps, kernels, an attribution overlay and the preprocessing steps),
+    `POST /api/predict`, `POST /api/explain` (the same body: the predict object + every
+    layer's maps as PNG sprites), `GET /api/models`, `GET /healthz` and offline `/docs`.
+    """
     check_port(port)
     sock = bind_socket(host, port)
     # One torch thread per calling thread: LeNet's ops are too small to split, and on a

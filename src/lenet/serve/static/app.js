@@ -1,6 +1,8 @@
 "use strict";
 /* lenet drawing page: draw (or drop a photo) -> POST /api/predict -> top guess and bars,
-   or with "Several digits" POST /api/predict?number=true -> the number and each digit's box.
+   or with "Several digits" POST /api/predict?number=true -> the number and each digit's box;
+   while "Inside the network" is open, POST /api/explain instead: the same answer, plus each
+   layer's feature maps (PNG sprites), kernels and an attribution overlay.
    Plain JS, no dependencies, no build step; main() at the bottom wires everything. */
 
 // Pen width as a fraction of the canvas side, so it is the same pen on a phone and a desktop
@@ -17,7 +19,9 @@ const UPLOAD_MAX_SIDE = 1600; // a photo over the size limit is scaled to this a
 const ACCEPTED = ["image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"]; // GIF: its first frame
 const IDS = ["draw-title", "canvas", "pad", "boxes", "drop-hint", "clear", "upload", "file", "model-picker", "model",
   "several", "advice", "draw-hint", "top", "mini", "confidence", "verdict", "seen-figure", "seen", "seen-empty",
-  "bars", "digits", "status", "result"];
+  "bars", "digits", "status", "result", "inside", "inside-input", "inside-attr", "attr-toggle", "steps-toggle",
+  "inside-note", "steps", "layers", "map-info"];
+const WIDE = "(min-width: 760px)"; // the panel starts open on wider screens, collapsed on phones
 // Where the image sent lies on the canvas: canvas share = x0 + image pixel * sx (boxes, "draw bigger").
 const DRAWN = { photo: false, x0: 0, y0: 0, sx: 1 / SEND_SIDE, sy: 1 / SEND_SIDE };
 // A status's look: the class of the guess, its digit boxes and its badge.
@@ -41,6 +45,9 @@ const state = {
   busy: false, // one request at a time, so answers arrive in order
   again: false, // the picture changed while a request was out
   generation: 0, // bumped by Clear and by uploads: late answers for older pictures are dropped
+  layers: [], // the last explain answer's layers ("Inside the network")
+  layout: "", // their names and shapes: the map canvases are rebuilt only when this changes
+  steps: false, // "Preprocessing steps" is on: explain requests ask for them
 };
 
 /* ---------- drawing ---------- */
@@ -261,7 +268,12 @@ async function postImage(blob) {
   const params = new URLSearchParams({ include_input: "true", top_k: "2" });
   if (state.model) params.set("model", state.model);
   if (state.number) params.set("number", "true");
-  const response = await fetch(`/api/predict?${params}`, {
+  const inside = explaining();
+  if (inside) {
+    params.delete("include_input"); // explain always sends the input
+    if (state.steps) params.set("steps", "true");
+  }
+  const response = await fetch(`/api/${inside ? "explain" : "predict"}?${params}`, {
     method: "POST",
     headers: { "Content-Type": blob.type || "application/octet-stream" },
     body: blob,
@@ -389,6 +401,7 @@ function clearAnswer(message) {
   setSeen(null);
   el.boxes.replaceChildren();
   el.digits.replaceChildren();
+  clearInside();
 }
 
 function showIdle() {
@@ -471,6 +484,7 @@ function showDigit(result, frame) {
   }
   el.verdict.textContent = spoken + adviseSize(tiny);
   setSeen(result.input_png);
+  if ("layers" in result) showInside(result);
 }
 
 function showNumber(result, frame) {
@@ -553,6 +567,197 @@ function showError(message) {
   el.status.classList.add("error");
 }
 
+/* ---------- inside the network ---------- */
+
+function explaining() {
+  // /api/explain answers one digit: with "Several digits" on, the panel waits.
+  return el.inside.open && !state.number;
+}
+
+function insideNote() {
+  el["inside-note"].textContent = state.number ? "Inside the network looks at one digit: turn off Several digits."
+    : state.inked ? "" : `Draw ${state.digits ? "a digit" : "an item"} to see what each layer makes of it.`;
+}
+
+function clearInside() {
+  el["inside-input"].hidden = true;
+  el["inside-attr"].hidden = true;
+  el["inside-attr"].removeAttribute("src");
+  el.steps.replaceChildren();
+  for (const layer of el.layers.querySelectorAll("canvas")) {
+    layer.getContext("2d").clearRect(0, 0, layer.width, layer.height);
+  }
+  el["map-info"].replaceChildren();
+  state.layers = [];
+  insideNote();
+}
+
+function loadImage(url) {
+  const img = new Image();
+  img.src = url;
+  return img.decode().then(() => img);
+}
+
+function buildLayers(layers) {
+  // One <li> per layer: its title and a canvas per map (a vector layer: one canvas, a pixel per unit).
+  el.layers.replaceChildren(...layers.map((layer, li) => {
+    const item = document.createElement("li");
+    const title = document.createElement("span");
+    title.className = "layer-title";
+    title.textContent = layer.title;
+    const maps = document.createElement("div");
+    maps.className = layer.shape.length === 3 ? "maps" : "maps vector";
+    const count = layer.shape.length === 3 ? layer.shape[0] : 1;
+    for (let i = 0; i < count; i += 1) {
+      const canvas = document.createElement("canvas");
+      [canvas.width, canvas.height] = layer.shape.length === 3 ? [layer.shape[2], layer.shape[1]] : [layer.shape[0], 1];
+      canvas.className = "map";
+      canvas.tabIndex = 0;
+      canvas.dataset.layer = String(li);
+      canvas.dataset.map = String(i);
+      canvas.setAttribute("role", "img");
+      canvas.setAttribute("aria-label", count > 1 ? `${layer.name} map ${i + 1}` : `${layer.name}, ${layer.shape[0]} units`);
+      const show = (event) => showMap(li, i, event);
+      canvas.addEventListener("pointerenter", show);
+      canvas.addEventListener("pointermove", show);
+      canvas.addEventListener("click", show);
+      canvas.addEventListener("focus", show);
+      maps.append(canvas);
+    }
+    item.append(title, maps);
+    return item;
+  }));
+}
+
+async function showInside(result) {
+  // Each layer's sprite cut into its maps: drawn pixel for pixel, scaled up by CSS.
+  const layers = result.layers || [];
+  state.layers = layers;
+  insideNote();
+  if (!layers.length) {
+    clearInside();
+    el["inside-note"].textContent = "Nothing found to look inside.";
+    return;
+  }
+  el["inside-input"].src = result.input_png;
+  el["inside-input"].hidden = false;
+  if (result.attribution) {
+    el["inside-attr"].src = result.attribution.png;
+    el["inside-attr"].title = `${result.attribution.method}, for ${className(result.attribution.target)}`;
+  }
+  el["inside-attr"].hidden = !el["attr-toggle"].checked || !result.attribution;
+  showSteps(result.steps);
+  const layout = layers.map((l) => `${l.name}:${l.shape.join("x")}`).join(" ");
+  if (layout !== state.layout) {
+    state.layout = layout;
+    buildLayers(layers);
+  }
+  const sprites = await Promise.all(layers.map((l) => loadImage(l.sprite)));
+  if (state.layers !== layers) return; // a newer answer arrived while these decoded
+  const items = el.layers.children;
+  layers.forEach((layer, li) => {
+    const canvases = items[li].querySelectorAll("canvas");
+    canvases.forEach((canvas, i) => {
+      const ctx = canvas.getContext("2d");
+      const sx = (i % layer.columns) * canvas.width;
+      const sy = Math.floor(i / layer.columns) * canvas.height;
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      ctx.drawImage(sprites[li], sx, sy, canvas.width, canvas.height, 0, 0, canvas.width, canvas.height);
+    });
+  });
+  el.layers.dataset.drawn = String(Number(el.layers.dataset.drawn) + 1); // the tests wait on this
+  const open = el["map-info"].dataset.at;
+  if (open) showMap(...open.split(",").map(Number));
+}
+
+function fmt(v) {
+  return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3);
+}
+
+function showMap(li, i, event) {
+  // The map (or unit) under the pointer or focus: its value range and the kernel that made it.
+  const layer = state.layers[li];
+  if (!layer) return;
+  el["map-info"].dataset.at = `${li},${i}`;
+  const parts = [];
+  const head = document.createElement("p");
+  if (layer.shape.length === 3) {
+    head.textContent = `${layer.name} map ${i + 1} of ${layer.shape[0]}: values ${fmt(layer.map_min[i])} … `
+      + `${fmt(layer.map_max[i])} (layer ${fmt(layer.min)} … ${fmt(layer.max)})`;
+  } else {
+    let unit = 0;
+    if (event && event.target && event.clientX !== undefined) {
+      const box = event.target.getBoundingClientRect();
+      unit = Math.min(layer.shape[0] - 1, Math.max(0, Math.floor((event.clientX - box.left) / box.width * layer.shape[0])));
+    }
+    const label = layer.name === "output" ? ` (${className(unit)})` : "";
+    head.textContent = `${layer.name} unit ${unit + 1}${label} of ${layer.shape[0]}: ${fmt(layer.values[unit])}`
+      + ` (layer ${fmt(layer.min)} … ${fmt(layer.max)})`;
+  }
+  parts.push(head);
+  const k = layer.kernels;
+  if (k && layer.shape.length === 3) {
+    const [, ins, kh, kw] = k.shape;
+    const inputs = k.inputs ? k.inputs[i] : [...Array(ins).keys()];
+    const row = document.createElement("div");
+    row.className = "kernels";
+    const caption = document.createElement("span");
+    caption.textContent = ins === 1 ? "kernel" : `kernels from ${inputs.length} of ${ins} input maps`;
+    row.append(caption);
+    loadImage(k.sprite).then((sprite) => {
+      for (const c of inputs) {
+        const canvas = document.createElement("canvas");
+        canvas.width = kw;
+        canvas.height = kh;
+        canvas.className = "kernel";
+        canvas.title = `input map ${c + 1}`;
+        canvas.getContext("2d").drawImage(sprite, c * kw, i * kh, kw, kh, 0, 0, kw, kh);
+        row.append(canvas);
+      }
+    }).catch(() => {});
+    const scale = document.createElement("small");
+    scale.textContent = `grey 0, white +${fmt(k.bound)}, black −${fmt(k.bound)}`;
+    parts.push(row, scale);
+  } else if (layer.shape.length === 3 && li > 0) {
+    const note = document.createElement("small");
+    note.textContent = `subsampled from ${state.layers[li - 1].name} map ${i + 1}`;
+    parts.push(note);
+  }
+  el["map-info"].replaceChildren(...parts);
+}
+
+function showSteps(steps) {
+  el.steps.hidden = !state.steps;
+  if (!state.steps || !steps) return;
+  el.steps.replaceChildren(...steps.map((step) => {
+    const item = document.createElement("li");
+    const img = document.createElement("img");
+    img.src = step.png;
+    img.alt = step.name;
+    const caption = document.createElement("span");
+    caption.textContent = step.name;
+    item.append(img, caption);
+    return item;
+  }));
+}
+
+function setupInside() {
+  el.inside.open = window.matchMedia(WIDE).matches;
+  el.inside.addEventListener("toggle", () => {
+    insideNote();
+    if (el.inside.open && state.inked && !state.number) predictNow(); // fill it for the picture as it is
+  });
+  el["attr-toggle"].addEventListener("change", () => {
+    el["inside-attr"].hidden = !el["attr-toggle"].checked || !el["inside-attr"].getAttribute("src");
+  });
+  el["steps-toggle"].addEventListener("click", () => {
+    state.steps = !state.steps;
+    el["steps-toggle"].setAttribute("aria-pressed", String(state.steps));
+    el.steps.hidden = !state.steps;
+    if (state.steps && state.inked && explaining()) predictNow();
+  });
+}
+
 /* ---------- wiring ---------- */
 
 function main() {
@@ -578,6 +783,7 @@ function main() {
   el.model.addEventListener("change", () => selectModel(el.model.value));
   el.several.addEventListener("change", setMode);
   setupDrop();
+  setupInside();
   showIdle();
   loadModels().catch((error) => showError(error.message));
 }
