@@ -270,7 +270,9 @@ def test_decoding_work_is_bounded_before_it_is_done():
     jpeg = buf.getvalue()
     scan = jpeg.rindex(b"\xff\xda")
     scans = jpeg[:-2] + jpeg[scan:-2] * 150 + b"\xff\xd9"  # one scan repeated: libjpeg passes the image each time
-    for data, why in ((chunky, "too much work"), (tiff, "too many strips"), (scans, "over 100 scans")):
+    stuffed = jpeg + bytes(12_000_001)  # a progressive JPEG's data decodes at 9-20 MB/s: its size is bounded
+    for data, why in ((chunky, "too much work"), (tiff, "too many strips"), (scans, "over 100 scans"),
+                      (stuffed, "progressive JPEG of 12 MB")):
         start = time.perf_counter()
         with pytest.raises(LenetError, match=why):
             open_image(data, "x")

@@ -832,3 +832,30 @@ def test_explain_errors_as_for_predict(client, small_client):
     multipart = client.post("/api/explain", files={"file": ("seven.png", data, "image/png")})
     assert multipart.status_code == 200 and multipart.json()["layers"]
     assert "/api/explain" in client.get("/openapi.json").json()["paths"]
+
+
+def test_explain_failures_are_json_errors_like_predict(client, app, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes")
+
+    import lenet.serve.inference as inference
+
+    monkeypatch.setattr(inference, "explain_answer", fail)
+    assert_error(post_explain(client, encode(drawing())), 503, "model failed")
+    assert post_image(client, encode(drawing())).status_code == 200  # predict is unaffected
+    monkeypatch.setattr(app.state.models["digits"], "preprocess", fail)
+    assert_error(post_explain(client, encode(drawing())), 400, "could not be processed")
+
+
+def test_explain_beside_predictions_keeps_each_answer_its_own(client):
+    """Explaining hooks a private copy of the model: predictions running at the same time on
+    other threads neither see the hooks nor change the maps."""
+    seven, one = encode(drawing("seven")), encode(drawing("one"))
+    alone = post_explain(client, seven).json()["layers"]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(post_explain if i % 2 else post_image, client, seven if i % 2 else one)
+                   for i in range(24)]
+        answers = [f.result() for f in futures]
+    assert all(r.status_code == 200 for r in answers)
+    for r in answers[1::2]:
+        assert [layer["sprite"] for layer in r.json()["layers"]] == [layer["sprite"] for layer in alone]

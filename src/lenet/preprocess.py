@@ -55,6 +55,7 @@ DECODE_BYTES = {"PNG": 64_000_000, "WEBP": 40_000_000, "TIFF": 128_000_000}
 MAX_TILES = 20_000  # TIFF strips/tiles: Pillow loads each in a Python loop (20k: about 0.2 s)
 MAX_SCANS = 100  # JPEG scans (a progressive file has about 10): libjpeg passes over the whole
 # image for each (1,000 scans took 5.5 s)
+PROGRESSIVE_BYTES = 12_000_000  # a progressive JPEG's data decodes at 9-20 MB/s (baseline: 70+)
 MAX_READS = 100_000  # reads of the file while decoding one image: Pillow parses PNG chunks, JPEG
 # markers, GIF blocks and PNM headers in Python, a read or two each (1M tiny ones took 2-5 s);
 # a 40 MP PNG in 8 kB chunks needs about 25,000
@@ -228,8 +229,13 @@ def _bound_work(img: Image.Image, fp, reads: _Reads, label: str, max_pixels: int
     if data_bytes > cap:
         raise LenetError(f"{label}: image too large to decode quickly ({width}x{height} {img.format}: "
                          f"{data_bytes / 1e6:,.0f} MB of pixels, limit {cap / 1e6:,.0f} MB; save it smaller or as JPEG)")
-    if img.format in ("JPEG", "MPO") and _jpeg_scans(fp) > MAX_SCANS:
-        raise LenetError(f"{label}: a JPEG of over {MAX_SCANS} scans; not a normal image")
+    if img.format in ("JPEG", "MPO"):
+        scans, size = _jpeg_scans(fp)
+        if scans > MAX_SCANS:
+            raise LenetError(f"{label}: a JPEG of over {MAX_SCANS} scans; not a normal image")
+        if img.info.get("progressive") and size > PROGRESSIVE_BYTES:
+            raise LenetError(f"{label}: a progressive JPEG of {size / 1e6:,.0f} MB decodes slowly (limit "
+                             f"{PROGRESSIVE_BYTES / 1e6:,.0f} MB); save it as a baseline JPEG or smaller")
 
 
 class _TooMuchWork(Exception):
@@ -292,16 +298,17 @@ def _pixel_bytes(img: Image.Image) -> int:
     return len(img.getbands()) * depth
 
 
-def _jpeg_scans(fp) -> int:
-    """The start-of-scan markers (FF DA) in a JPEG file: its entropy-coded data never holds them."""
+def _jpeg_scans(fp) -> tuple[int, int]:
+    """(start-of-scan markers (FF DA: entropy-coded data never holds them), bytes) of a JPEG file."""
     start = fp.tell()
     try:
         fp.seek(0)
-        count, tail = 0, b""
+        count, size, tail = 0, 0, b""
         while block := fp.read(1 << 20):
             count += (tail + block).count(b"\xff\xda")
+            size += len(block)
             tail = block[-1:]
-        return count
+        return count, size
     finally:
         fp.seek(start)
 

@@ -484,7 +484,7 @@ function showDigit(result, frame) {
   }
   el.verdict.textContent = spoken + adviseSize(tiny);
   setSeen(result.input_png);
-  if ("layers" in result) showInside(result);
+  if ("layers" in result) showInside(result).catch((error) => showError(`Inside the network: ${error.message}`));
 }
 
 function showNumber(result, frame) {
