@@ -232,3 +232,13 @@ def test_train_interrupted_then_resumed_through_the_cli(synthetic_mnist_root, tm
     a, b = load_file(str(tmp_path / "whole" / "last.safetensors")), load_file(str(last))
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
 
+
+
+def test_atomic_write_to_a_name_too_long_is_one_lenet_error(tmp_path):
+    from pathlib import Path
+
+    from lenet.errors import LenetError
+    from lenet.fileio import atomic_write
+
+    with pytest.raises(LenetError, match="cannot write"):
+        atomic_write(tmp_path / ("x" * 300 + ".png"), lambda tmp: Path(tmp).write_bytes(b"data"))

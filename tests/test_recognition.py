@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lenet.errors import LenetError
 from lenet.numbers import Candidate, merge_broken, read_number, split_wide
@@ -21,23 +21,15 @@ from lenet.preprocess import (DIGITS, MODES, OBJECTS, as_image, estimate_paper, 
                               to_gray)
 from lenet.synthetic import KINDS, compose_number, nondigits
 from lenet.trust import STATUSES, Trust
+from tests.test_preprocess import draw
 
 SEVEN = [(0.2, 0.15), (0.8, 0.15), (0.45, 0.9)]
 FOUR = [(0.7, 0.95), (0.7, 0.05), (0.15, 0.65), (0.9, 0.65)]
 
 
-def stroke(shape=SEVEN, size=(200, 200), box=(0.3, 0.2, 0.7, 0.8), width=0.12, ink=0, paper=255) -> Image.Image:
-    """A polyline (unit box) drawn with a round pen into `box` (fractions of the image)."""
-    w, h = size
-    img = Image.new("L", size, paper)
-    x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
-    pts = [(x0 + x * (x1 - x0), y0 + y * (y1 - y0)) for x, y in shape]
-    pen = max(1, round(width * (y1 - y0)))
-    d = ImageDraw.Draw(img)
-    d.line(pts, fill=ink, width=pen, joint="curve")
-    for x, y in (pts[0], pts[-1]):
-        d.ellipse((x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2), fill=ink)
-    return img
+def stroke(shape=SEVEN, **kw) -> Image.Image:
+    """A polyline (unit box) drawn with a round pen (test_preprocess.draw, shape first)."""
+    return draw(shape=shape, **kw)
 
 
 def tight(img: Image.Image, ink_dark: bool = True) -> Image.Image:

@@ -535,7 +535,8 @@ def open_connections(server) -> int:
     """Connections the server holds open (not those closed and about to be forgotten)."""
     for _ in range(10):  # the set changes under us, on the server's thread
         try:
-            return sum(not c.transport.is_closing() for c in list(server.server_state.connections))
+            return sum(c.transport is not None and not c.transport.is_closing()  # None: closed under us
+                       for c in list(server.server_state.connections))
         except RuntimeError:
             continue
     return 0

@@ -38,7 +38,10 @@ def atomic_write(path: Path | str, write: Callable[[str], Any]) -> None:
     except OSError as exc:
         raise LenetError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # never created (a name too long, a folder we cannot write): the error above says so
 
 
 def write_text(path: Path | str, text: str) -> None:

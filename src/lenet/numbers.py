@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from lenet import imageops
-from lenet.preprocess import DIGITS, InkImage, Preprocessed, find_ink, to_model_input
+from lenet.preprocess import DIGITS, InkImage, Preprocessed, find_ink, soft_ink, to_model_input
 
 NUMBER_SIDE = 640  # long side the analysis runs at: 8 digits across keep ~60 px each
 SPECK = 0.03  # a part with under 3% of the heaviest part's ink, not beside a digit, is a speck
@@ -187,13 +187,9 @@ def digit_input(found: InkImage, digit: Candidate) -> Preprocessed:
     top, bottom, left, right = digit.box
     y0, x0 = max(top - 2, 0), max(left - 2, 0)
     y1, x1 = min(bottom + 2, found.ink.shape[0]), min(right + 2, found.ink.shape[1])
-    own = np.zeros((y1 - y0, x1 - x0), np.float32)
-    own[digit.ys - y0, digit.xs - x0] = 1.0
-    near = imageops.max_filter(own, 1) > 0  # its pixels and the anti-aliased edge around them
-    ink = found.ink[y0:y1, x0:x1]
-    level = imageops.quantile(ink[own > 0], DIGITS.saturate_at)
-    floor = DIGITS.noise_sigmas * found.noise
-    soft = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0), 0.0).astype(np.float32)
+    own = np.zeros((y1 - y0, x1 - x0), bool)
+    own[digit.ys - y0, digit.xs - x0] = True
+    soft = soft_ink(found.ink[y0:y1, x0:x1], own, found.noise, DIGITS)  # (h, w) in [0, 1]
     crop = imageops.bbox(soft)
     if crop is None:
         return found.nothing("the ink is too faint")

@@ -831,23 +831,27 @@ def _keep_components(mask: np.ndarray, mass: np.ndarray, cover: np.ndarray) -> n
 
 def _soft_crop(ink: np.ndarray, mask: np.ndarray, keep: np.ndarray, cell: int, noise: float,
                mode: Mode) -> tuple[np.ndarray, tuple[int, int]]:
-    """The kept components' box (+2 px) as soft ink in [0, 1] -> (array, (top, left) offset).
-
-    Only ink within 1 px of a kept mask pixel counts (its anti-aliased edge, not the
-    speckle beside it). Paper noise is taken off and, for digits, the stroke cores are
-    saturated: MNIST's strokes are 255 with grey anti-aliased edges.
-    """
+    """The kept components' box (+2 px) as soft ink in [0, 1] (`soft_ink`) -> (array, (top, left) offset)."""
     rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
     y0, x0 = max(rows[0] * cell - 2, 0), max(cols[0] * cell - 2, 0)
     y1, x1 = min((rows[-1] + 1) * cell + 2, mask.shape[0]), min((cols[-1] + 1) * cell + 2, mask.shape[1])
     cells = imageops.pad(np.repeat(np.repeat(keep, cell, 0), cell, 1), 2)  # cells back to pixels, +2 px margin
     keep = cells[y0 + 2:y1 + 2, x0 + 2:x1 + 2] & mask[y0:y1, x0:x1]  # (h, w) the digit's ink pixels
-    near = imageops.max_filter(keep.astype(np.float32), 1) > 0
-    ink = ink[y0:y1, x0:x1]
-    level = imageops.quantile(ink[keep], mode.saturate_at)
+    return soft_ink(ink[y0:y1, x0:x1], keep, noise, mode), (y0, x0)
+
+
+def soft_ink(ink: np.ndarray, own: np.ndarray, noise: float, mode: Mode) -> np.ndarray:
+    """(h, w) ink (grey levels) and the digit's own ink pixels (bool) -> soft ink in [0, 1].
+
+    Only ink within 1 px of its own pixels counts (its anti-aliased edge, not the speckle
+    beside it). Paper noise is taken off and, for digits, the stroke cores are saturated:
+    MNIST's strokes are 255 with grey anti-aliased edges.
+    """
+    near = imageops.max_filter(own.astype(np.float32), 1) > 0
+    level = imageops.quantile(ink[own], mode.saturate_at)
     floor = mode.noise_sigmas * noise
     soft = np.clip((ink - floor) / max(level - floor, 1e-3), 0.0, 1.0)
-    return np.where(near, soft, 0.0).astype(np.float32), (y0, x0)
+    return np.where(near, soft, 0.0).astype(np.float32)
 
 
 def _normalise_strokes(crop: np.ndarray, box: int) -> tuple[np.ndarray, float, float]:
