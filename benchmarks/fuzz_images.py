@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 
 from lenet.errors import LenetError
 from lenet.predict import Predictor
-from lenet.preprocess import open_image
+from lenet.imagefile import open_image
 
 MODES = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
          "I", "I;16", "I;16B", "I;16L", "F"]

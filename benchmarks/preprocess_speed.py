@@ -21,7 +21,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lenet.preprocess import open_image, preprocess
+from lenet.imagefile import open_image
+from lenet.preprocess import preprocess
 
 SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
 FOUR = [(0.6, 0.85), (0.6, 0.15), (0.2, 0.6), (0.8, 0.6)]

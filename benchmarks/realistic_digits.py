@@ -380,7 +380,7 @@ def tutorial_input(img: Image.Image) -> torch.Tensor:
 
 def measure(predictor, images: list[bytes], labels: list[int]) -> dict:
     """Accuracy of our preprocessing and of the tutorials' on the same images and model."""
-    from lenet.preprocess import open_image
+    from lenet.imagefile import open_image
 
     decoded = [open_image(data, f"#{i}") for i, data in enumerate(images)]
     ours = predictor.predict_images(decoded, top_k=1)
@@ -395,7 +395,7 @@ def measure(predictor, images: list[bytes], labels: list[int]) -> dict:
 
 def save_grid(path: str, rows: dict[str, list[bytes]], predictor, per_row: int = 10) -> None:
     """A picture: per category, the images as uploaded and below them what the model saw."""
-    from lenet.preprocess import open_image
+    from lenet.imagefile import open_image
 
     cell = 64
     grid = Image.new("L", (per_row * cell, 2 * len(rows) * cell), 128)

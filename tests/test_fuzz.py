@@ -26,7 +26,8 @@ from lenet.checkpoint import save_checkpoint
 from lenet.errors import LenetError
 from lenet.models import create_model
 from lenet.predict import Predictor
-from lenet.preprocess import DECODE_BYTES, FORMATS, as_image, open_image, to_gray
+from lenet.imagefile import DECODE_BYTES, FORMATS, as_image, open_image
+from lenet.preprocess import to_gray
 
 MODES = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
          "I", "I;16", "I;16L", "I;16B", "I;16N", "F"]

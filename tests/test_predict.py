@@ -331,7 +331,7 @@ BAD_EXIF_JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/4QBORXhpZgAATU0AKgAAAAgAAwEPAAIAAAA
 
 
 def test_malformed_exif_is_read_as_stored(tmp_path):
-    from lenet.preprocess import open_image
+    from lenet.imagefile import open_image
 
     path = tmp_path / "odd.jpg"
     path.write_bytes(base64.b64decode(BAD_EXIF_JPEG))

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from lenet.errors import LenetError
-from lenet.preprocess import (BOX, DIGITS, MAX_PIXELS, NO_DIGIT, OBJECTS, OUT, Preprocessed, background, open_image,
-                              preprocess, to_gray, to_png)
+from lenet.imagefile import MAX_PIXELS, open_image
+from lenet.preprocess import (BOX, DIGITS, NO_DIGIT, OBJECTS, OUT, Preprocessed, background, preprocess, to_gray,
+                              to_png)
 
 SEVEN = [(0.2, 0.15), (0.8, 0.15), (0.45, 0.9)]  # a "7" as a polyline in a unit box
 

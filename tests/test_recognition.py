@@ -17,7 +17,8 @@ from PIL import Image
 from lenet.errors import LenetError
 from lenet.numbers import Candidate, merge_broken, read_number, split_wide
 from lenet.predict import Predictor, predict_command
-from lenet.preprocess import (DIGITS, MODES, OBJECTS, as_image, estimate_paper, paper_is_light, preprocess,
+from lenet.imagefile import as_image
+from lenet.preprocess import (DIGITS, MODES, OBJECTS, estimate_paper, paper_is_light, preprocess,
                               to_gray)
 from lenet.synthetic import KINDS, compose_number, nondigits
 from lenet.trust import STATUSES, Trust

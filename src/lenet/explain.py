@@ -31,13 +31,13 @@ from lenet.errors import LenetError
 from lenet.layers import C3_TABLE, PartialConv, Subsampling
 from lenet.models import ModelSpec, get_spec, prepare_input
 from lenet.predict import find_images, is_digit_model
+from lenet.imagefile import open_image
 from lenet.preprocess import (
     DIGITS,
     OBJECTS,
     estimate_paper,
     find_ink,
     ink_map,
-    open_image,
     preprocess,
     to_gray,
 )

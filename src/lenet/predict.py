@@ -29,7 +29,8 @@ from lenet.errors import LenetError
 from lenet.fileio import atomic_write
 from lenet.models import prepare_input
 from lenet.numbers import read_number
-from lenet.preprocess import DIGITS, NO_DIGIT, OBJECTS, Preprocessed, as_image, open_image, preprocess, to_png
+from lenet.imagefile import as_image, open_image
+from lenet.preprocess import DIGITS, NO_DIGIT, OBJECTS, Preprocessed, preprocess, to_png
 from lenet.trust import Trust, features
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff",

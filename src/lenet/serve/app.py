@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from lenet.errors import LenetError
-from lenet.preprocess import MAX_PIXELS
+from lenet.imagefile import MAX_PIXELS
 from lenet.serve.batcher import Batcher
 from lenet.serve.docs import add_docs
 from lenet.serve.hosts import HostCheck

@@ -33,7 +33,8 @@ from torch import nn
 from lenet.explain import image_steps, run_with_hooks, stages
 from lenet.layers import C3_TABLE, PartialConv
 from lenet.models import prepare_input
-from lenet.preprocess import Preprocessed, open_image
+from lenet.imagefile import open_image
+from lenet.preprocess import Preprocessed
 
 IG_STEPS = 4  # Integrated Gradients steps, one batch (forward + backward: 5-7 ms, 8 steps ~2 ms more)
 MAPS_PER_ROW = 8

@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 from lenet.errors import LenetError
 from lenet.numbers import read_number
 from lenet.predict import Predictor, png_data_url
-from lenet.preprocess import Preprocessed, open_image
+from lenet.imagefile import open_image
+from lenet.preprocess import Preprocessed
 from lenet.serve.explaining import explain_answer, steps_json
 
 log = logging.getLogger("lenet.serve")
