@@ -82,3 +82,24 @@ def synthetic_mnist_root(tmp_path, monkeypatch) -> Path:
         files[role] = (spec.files[role][0], hashlib.sha256(content).hexdigest())
     monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(spec, files=files))
     return root
+
+
+@pytest.fixture
+def untrained_eval(synthetic_mnist_root, tmp_path, capsys):
+    """`lenet eval --json --out DIR` of an untrained lenet5-bn on the synthetic MNIST:
+    -> (checkpoint, out folder, the JSON result)."""
+    import json
+
+    import torch
+
+    from lenet.checkpoint import save_checkpoint
+    from lenet.cli import main
+    from lenet.models import create_model
+
+    checkpoint, out = tmp_path / "m.safetensors", tmp_path / "eval"
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, create_model("lenet5-bn"), {"model": "lenet5-bn", "dataset": "mnist",
+                                                           "class_names": list("0123456789")})
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root),
+                 "--out", str(out), "--json"]) == 0
+    return checkpoint, out, json.loads(capsys.readouterr().out)

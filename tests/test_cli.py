@@ -162,14 +162,8 @@ def test_data_root_is_one_flag_and_root_still_works(argv, capsys):
 
 # --- `lenet eval` and `lenet train --resume`, all the way through the CLI ---------------------------
 
-def test_eval_writes_its_report_and_pictures(synthetic_mnist_root, tmp_path, capsys):
-    checkpoint = tmp_path / "m.safetensors"
-    save_checkpoint(checkpoint, create_model("lenet5-bn"), {"model": "lenet5-bn", "dataset": "mnist",
-                                                           "class_names": list("0123456789")})
-    out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root),
-                 "--out", str(out), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+def test_eval_writes_its_report_and_pictures(untrained_eval, synthetic_mnist_root, capsys):
+    checkpoint, out, result = untrained_eval
     assert result["dataset"] == "mnist" and result["model"] == "lenet5-bn" and result["checkpoint"] == str(checkpoint)
     confusion = torch.tensor(result["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == 20  # the 20 synthetic test images

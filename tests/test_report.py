@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import torch
 from PIL import Image
 
-from lenet.checkpoint import save_checkpoint
 from lenet.cli import main
 from lenet.data import ascii_image
 from lenet.evalcmd import mistake_label
-from lenet.models import create_model
 from lenet.report import plot_curves, save_image_grid
 
 
@@ -21,15 +18,8 @@ def title_of(path) -> str:
     return Image.open(path).info.get("Title", "")
 
 
-def test_eval_pictures_name_model_dataset_and_figure(synthetic_mnist_root, tmp_path, capsys):
-    checkpoint = tmp_path / "m.safetensors"
-    torch.manual_seed(0)
-    save_checkpoint(checkpoint, create_model("lenet5-bn"), {"model": "lenet5-bn", "dataset": "mnist",
-                                                           "class_names": list("0123456789")})
-    out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root),
-                 "--out", str(out), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+def test_eval_pictures_name_model_dataset_and_figure(untrained_eval):
+    _, out, result = untrained_eval
     assert result["errors"] > 0  # an untrained model
     confusion = title_of(out / "confusion.png")
     assert confusion.startswith("lenet5-bn on mnist test (20 images): confusion matrix, accuracy ")

@@ -28,8 +28,8 @@ from lenet.checkpoint import load_checkpoint
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write
 from lenet.models import prepare_input
-from lenet.numbers import read_number
 from lenet.imagefile import as_image, open_image
+from lenet.numbers import read_number
 from lenet.preprocess import DIGITS, NO_DIGIT, OBJECTS, Preprocessed, preprocess, to_png
 from lenet.trust import Trust, features
 
@@ -82,8 +82,11 @@ class Predictor:
         """Found images -> (logits (B, C), calibrated probabilities (B, C), detector features (B, F))."""
         images = torch.stack([p.image for p in items])  # (B, 1, 28, 28) in [0, 1]
         x = prepare_input(images.to(self.device), self.spec)  # (B, 1, S, S) normalised
-        hidden = self.body(x).flatten(1) if self.body is not None else torch.zeros(len(items), 0)
-        logits = (self.head(hidden) if self.body is not None else self.model(x)).float().cpu()
+        if self.body is not None:  # the penultimate features too, for the not-a-digit detector
+            hidden = self.body(x).flatten(1)  # (B, F)
+            logits = self.head(hidden).float().cpu()
+        else:
+            hidden, logits = torch.zeros(len(items), 0), self.model(x).float().cpu()
         widths = torch.tensor([p.stroke_width for p in items], dtype=torch.float32)
         feats = features(hidden.float().cpu(), logits, images.float().cpu(), widths)
         return logits, torch.softmax(logits / self.trust.temperature, dim=1), feats
