@@ -7,14 +7,16 @@ photo with the file picker and another by drag-and-drop, clears with the button 
 keyboard, and fails on any browser console error. Then, at a desktop and a phone size: the
 unsure and not-a-digit answers, the "draw bigger" hint, the pen width, and "Several digits"
 (a number drawn digit by digit, each digit's box drawn over it), and "Inside the network"
-(live feature maps, kernels, attribution, preprocessing steps). Screenshots go to the
-test's temp folder.
+(live feature maps, kernels, attribution, preprocessing steps); the 28x28 box's hint before
+the first stroke, and Fashion-MNIST's names kept whole and inside their boxes. Screenshots go
+to the test's temp folder.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import selectors
@@ -43,6 +45,11 @@ SEVEN = [(0.27, 0.24), (0.50, 0.23), (0.74, 0.23), (0.60, 0.52), (0.46, 0.84)]  
 DESKTOP = {"viewport": {"width": 1100, "height": 760}}
 PHONE = {"viewport": {"width": 390, "height": 664}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
 SIZES = {"desktop": DESKTOP, "phone": PHONE}
+# A common laptop and a small phone: what the Fashion-MNIST names must fit.
+FIT_SIZES = {"desktop": {"viewport": {"width": 1280, "height": 800}},
+             "phone": {"viewport": {"width": 375, "height": 667}, "device_scale_factor": 2, "is_mobile": True,
+                       "has_touch": True}}
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 # ---------- the server and the browser ----------
@@ -320,8 +327,8 @@ def wary_url(tmp_path_factory):
     stop_server(proc)
 
 
-def open_page(browser, size: str, url: str):
-    context = browser.new_context(**SIZES[size])
+def open_page(browser, size: str, url: str, sizes=SIZES):
+    context = browser.new_context(**sizes[size])
     page = context.new_page()
     console = Console(page)
     page.goto(url)
@@ -607,5 +614,157 @@ def test_inside_the_network_draws_live_feature_maps(server_url, browser, tmp_pat
     page.locator("#clear").click()
     assert_idle(page)
     expect(page.locator("#inside-input")).to_be_hidden()
+    assert console.errors == []
+    context.close()
+
+
+# ---------- the 28x28 box before the first stroke; Fashion-MNIST's names fit ----------
+
+@pytest.fixture(scope="module")
+def zoo_url():
+    proc, url = start_server("--checkpoint", "mnist", "--checkpoint", "fashion-mnist")
+    yield url
+    stop_server(proc)
+
+
+SEEN_INK = """() => {  // the largest grey level of the 28x28 image shown (white ink on black)
+    const img = document.getElementById("seen");
+    const c = document.createElement("canvas");
+    c.width = c.height = 28;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const d = ctx.getImageData(0, 0, 28, 28).data;
+    let most = 0;
+    for (let i = 0; i < d.length; i += 4) most = Math.max(most, d[i]);
+    return most;
+}"""
+
+
+def fits(page, selector: str) -> dict:
+    """The element's content does not overflow it (no scrolling, no ellipsis, nothing sticking out)."""
+    return page.evaluate("""(selector) => {
+        const e = document.querySelector(selector);
+        const box = e.getBoundingClientRect();
+        const range = document.createRange();
+        range.selectNodeContents(e);
+        const ink = range.getBoundingClientRect();
+        return {scroll: e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight,
+                inside: ink.left >= box.left - 1 && ink.right <= box.right + 1
+                        && ink.top >= box.top - 1 && ink.bottom <= box.bottom + 1};
+    }""", selector)
+
+
+# How many lines `word` takes in the element `selector` (its text ranges' distinct line tops), -1 if absent.
+LINES = """([selector, word]) => {
+    const e = document.querySelector(selector);
+    const walker = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    let text = "";
+    while (walker.nextNode()) { nodes.push([walker.currentNode, text.length]); text += walker.currentNode.data; }
+    const at = text.indexOf(word);
+    if (at < 0) return -1;
+    const range = document.createRange();
+    const place = (pos, set) => {
+        for (const [node, start] of nodes) if (pos <= start + node.data.length) return set(node, pos - start);
+    };
+    place(at, (node, offset) => range.setStart(node, offset));
+    place(at + word.length, (node, offset) => range.setEnd(node, offset));
+    const rects = [...range.getClientRects()].filter((r) => r.width > 0);
+    const tops = rects.map((r) => r.top).sort((a, b) => a - b);
+    const tall = Math.min(...rects.map((r) => r.height));
+    return tops.filter((top, i) => i === 0 || top - tops[i - 1] > tall / 2).length;
+}"""
+
+
+@pytest.mark.parametrize("model", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_seen_box_says_what_it_shows_until_something_is_drawn(zoo_url, browser, tmp_path, size, model):
+    context, page, console = open_page(browser, size, zoo_url, FIT_SIZES)
+    if model != "mnist":
+        page.select_option("#model", model)
+    hint, seen = page.locator("#seen-empty"), page.locator("#seen")
+    # Before the first stroke: words, not a black square (read by screen readers too).
+    expect(hint).to_be_visible()
+    assert seen.is_hidden() and page.locator("#seen-figure").get_attribute("aria-hidden") is None
+    assert hint.get_attribute("aria-hidden") is None
+    words = hint.text_content()
+    assert "28\u00a0×\u00a028 image the model sees" in words
+    assert words.startswith("Draw a digit:" if model == "mnist" else "Draw an item of clothing:")
+    if model != "mnist":
+        assert "digit" not in words and "digit" not in page.locator("h1").text_content()
+    assert fits(page, "#seen-empty") == {"scroll": True, "inside": True}
+    page.locator("#seen-figure").screenshot(path=tmp_path / f"seen-hint-{size}-{model}.png")
+
+    page.evaluate("window.scrollTo(0, 0)")  # the canvas in view
+    draw(page, size, SEVEN)
+    answered(page)
+    expect(seen).to_be_visible()
+    assert hint.is_hidden() and page.locator("#seen-figure figcaption").is_visible()
+    assert page.evaluate("document.getElementById('seen').naturalWidth") == 28
+    assert page.evaluate(SEEN_INK) > 128  # the drawing is in it, not a blank square
+
+    page.locator("#clear").click()
+    expect(hint).to_be_visible()
+    assert hint.text_content() == words and seen.is_hidden()
+    assert page.locator("#seen-figure figcaption").is_hidden()
+    assert console.errors == []
+    context.close()
+
+
+def answer(names: list[str], top: int, runner_up: int, unsure: bool = False) -> dict:
+    """A predict object as /api/predict sends it (lenet.serve.app's Prediction): `top` first."""
+    probabilities = [0.002] * len(names)
+    probabilities[top], probabilities[runner_up] = (0.52, 0.46) if unsure else (0.95, 0.034)
+    top_k = [{"index": i, "name": names[i], "probability": probabilities[i]} for i in (top, runner_up)]
+    return {"path": "upload", "prediction": top, "name": names[top], "confidence": probabilities[top],
+            "probabilities": probabilities, "top_k": top_k, "status": "unsure" if unsure else "ok",
+            **({"between": [top, runner_up]} if unsure else {})}
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_fashion_names_stay_whole_and_fit_their_boxes(zoo_url, browser, tmp_path, size):
+    """Every class name as the answer, and the longest "A or B?" pairs: each name on one line
+    ("T-shirt/top" not broken at its slash or hyphen), nothing overflowing its box. The answers
+    come from a route (every class in turn; the real model's answers to a drawing vary), in the
+    API's own shape."""
+    context, page, console = open_page(browser, size, zoo_url, FIT_SIZES)
+    width = FIT_SIZES[size]["viewport"]["width"]
+    page.select_option("#model", "fashion-mnist")
+    assert [label for label, _, _ in bars(page)] == FASHION
+    served = {"answer": None}
+    page.route(re.compile(r"/api/(predict|explain)\?"),
+               lambda route: route.fulfill(status=200, content_type="application/json",
+                                           body=json.dumps(served["answer"])))
+
+    def check(text: str, words: list[str]) -> None:
+        for word in words:
+            assert page.evaluate(LINES, ["#top", word]) == 1, f"{word!r} broken in {text!r} ({size})"
+        assert fits(page, "#top") == {"scroll": True, "inside": True}, f"{text!r} overflows ({size})"
+        if size == "phone":  # the copy next to the buttons
+            assert fits(page, "#mini") == {"scroll": True, "inside": True}
+            box = page.locator("#mini").bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width
+
+    cases = [([i], answer(FASHION, i, (i + 1) % 10)) for i in range(10)]
+    cases += [([a, b], answer(FASHION, a, b, unsure=True)) for a, b in [(9, 0), (0, 9), (2, 7)]]
+    for k, (which, served["answer"]) in enumerate(cases):
+        text = " or ".join(FASHION[i] for i in which) + ("?" if len(which) > 1 else "")
+        page.evaluate("window.scrollTo(0, 0)")
+        tap(page, size, 0.3 + 0.04 * k, 0.5)
+        wait_for_guess(page, text)
+        answered(page)
+        check(text, [FASHION[i] for i in which])
+        if which == [9, 0]:
+            page.locator("#result").screenshot(path=tmp_path / f"fashion-unsure-{size}.png")
+
+    for name in FASHION:  # the bars' labels: one line each, no ellipsis
+        assert page.evaluate(LINES, ["#bars", name]) == 1, f"{name!r} broken in the bars ({size})"
+    assert page.evaluate("""() => [...document.querySelectorAll('#bars .label')].every(
+        (e) => e.scrollWidth <= e.clientWidth)""")
+    assert page.locator("h1").text_content() == "LeNet-5 clothing recognizer"
+    for word in ("LeNet-5", "clothing recognizer"):
+        assert page.evaluate(LINES, ["h1", word]) == 1
+    assert fits(page, "h1") == {"scroll": True, "inside": True}
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing sticks out sideways
     assert console.errors == []
     context.close()

@@ -19,8 +19,8 @@ const UPLOAD_MAX_SIDE = 1600; // a photo over the size limit is scaled to this a
 const ACCEPTED = ["image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"]; // GIF: its first frame
 const IDS = ["draw-title", "canvas", "pad", "boxes", "drop-hint", "clear", "upload", "file", "model-picker", "model",
   "several", "advice", "draw-hint", "top", "mini", "confidence", "verdict", "seen-figure", "seen", "seen-empty",
-  "bars", "digits", "status", "result", "inside", "inside-input", "inside-attr", "attr-toggle", "steps-toggle",
-  "inside-note", "steps", "layers", "map-info"];
+  "seen-caption", "subtitle", "bars", "digits", "status", "result", "inside", "inside-input", "inside-attr",
+  "attr-toggle", "steps-toggle", "inside-note", "steps", "layers", "map-info"];
 const WIDE = "(min-width: 760px)"; // the panel starts open on wider screens, collapsed on phones
 // Where the image sent lies on the canvas: canvas share = x0 + image pixel * sx (boxes, "draw bigger").
 const DRAWN = { photo: false, x0: 0, y0: 0, sx: 1 / SEND_SIDE, sy: 1 / SEND_SIDE };
@@ -324,6 +324,10 @@ function setMode() {
     ? "Write the digits side by side, a little apart. Or drop a photo of a handwritten number."
     : state.digits ? "Draw large, in the middle. Or drop a photo of a handwritten digit on the square."
       : "Draw the outline of a garment or a shoe, or drop a photo of one on the square.";
+  el["seen-empty"].textContent = `Draw ${state.digits ? "a digit" : "an item of clothing"}: `
+    + "this shows the 28\u00a0×\u00a028 image the model sees.";
+  el.subtitle.textContent = state.digits ? "digit recognizer" : "clothing recognizer";
+  document.title = `lenet · draw ${state.digits ? "a digit" : "an item"}`;
   el.bars.hidden = state.number;
   el["seen-figure"].hidden = state.number; // each digit's input is in the digit list instead
   el.digits.hidden = !state.number;
@@ -362,14 +366,37 @@ function setBars(probabilities, best) {
   });
 }
 
-function setTop(text, look, mini) {
-  el.top.textContent = text;
+function setTop(answer, look, mini) {
+  // `answer`: a string, or words kept whole (class names: "T-shirt/top", "Ankle boot"), joined by spaces.
+  const text = Array.isArray(answer) ? answer.join(" ") : answer;
+  const inner = document.createElement("span"); // the grid's one item, however many parts
+  inner.append(...(Array.isArray(answer) ? answer.flatMap((part, i) => {
+    const whole = document.createElement("span");
+    whole.className = "whole";
+    whole.textContent = part;
+    return i ? [" ", whole] : [whole];
+  }) : [text]));
+  el.top.replaceChildren(inner);
   // Long answers ("Ankle boot", "4 or 9?", "2026") get a smaller font to fit the box.
   const size = text.length <= 2 ? "" : text.length <= 7 && !/[a-z]{3}/i.test(text) ? "mid" : "long";
   el.top.className = ["top", look, size].filter(Boolean).join(" ");
+  fitTop();
   // The phone layout's copy of the guess, next to the buttons under the canvas.
   el.mini.textContent = mini || "";
   el.mini.className = ["mini", look].filter(Boolean).join(" ");
+}
+
+function fitTop() {
+  // From its class's size, the answer's font shrinks until it fits the box: nothing spills out,
+  // and a class name is never split (fonts differ between machines, so this is measured).
+  const top = el.top;
+  top.style.fontSize = "";
+  if (!top.clientWidth) return; // not laid out
+  let size = parseFloat(getComputedStyle(top).fontSize);
+  while (size > 10 && (top.scrollWidth > top.clientWidth || top.scrollHeight > top.clientHeight)) {
+    size -= 1;
+    top.style.fontSize = `${size}px`;
+  }
 }
 
 function setMessage(text, look) {
@@ -387,7 +414,8 @@ function setMessage(text, look) {
 
 function setSeen(dataUrl) {
   el.seen.hidden = !dataUrl;
-  el["seen-empty"].hidden = Boolean(dataUrl);
+  el["seen-empty"].hidden = Boolean(dataUrl); // the hint, in words, until there is an input to show
+  el["seen-caption"].hidden = !dataUrl;
   if (dataUrl) el.seen.src = dataUrl;
 }
 
@@ -463,14 +491,14 @@ function showDigit(result, frame) {
   } else if (status === "unsure") {
     const [a, b] = result.between || [result.prediction, result.top_k[1] ? result.top_k[1].index : result.prediction];
     const question = `${className(a)} or ${className(b)}?`;
-    setTop(question, "unsure", question);
+    setTop([className(a), "or", `${className(b)}?`], "unsure", question);
     const p = result.probabilities || [];
     const odds = (i) => `${className(i)} (${percent(p[i] ?? 0)})`;
     setMessage(`Not sure: ${odds(a)} or ${odds(b)}`, "unsure");
     spoken = `${question} Not sure.`;
     setBars(result.probabilities, result.prediction);
   } else {
-    setTop(result.name, "", `${result.name} · ${percent(result.confidence)}`);
+    setTop([result.name], "", `${result.name} · ${percent(result.confidence)}`);
     const runnerUp = result.top_k && result.top_k[1];
     const next = runnerUp ? ` · then ${runnerUp.name ?? ""} (${percent(runnerUp.probability ?? 0)})` : "";
     setMessage(`${percent(result.confidence)} sure${next}`);
@@ -784,6 +812,7 @@ function main() {
   el.several.addEventListener("change", setMode);
   setupDrop();
   setupInside();
+  window.addEventListener("resize", fitTop); // the box is smaller on a phone
   showIdle();
   loadModels().catch((error) => showError(error.message));
 }
