@@ -118,3 +118,17 @@ def test_rotation_and_shear_keep_most_of_the_ink(field):
     out = augment_batch(x, dataclasses.replace(NONE, **{field: 15.0}), gen())
     ratio = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
     assert ((ratio > 0.85) & (ratio < 1.15)).all()
+
+
+def test_flip_mirrors_about_half_the_images_exactly_and_leaves_the_other_draws_alone():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28)
+    flipped = augment_batch(x, dataclasses.replace(NONE, flip=True), gen(3))
+    mirrored = [torch.allclose(f, i.flip(-1), atol=1e-5) for f, i in zip(flipped, x)]
+    kept = [torch.allclose(f, i, atol=1e-5) for f, i in zip(flipped, x)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # each image is one or the other
+    assert 16 <= sum(mirrored) <= 48
+    cfg = AugmentConfig(rotate=12, scale=0.1, shear=8, shift=0.1)
+    plain, with_flip = affine_matrices(64, cfg, gen(5)), affine_matrices(64, dataclasses.replace(cfg, flip=True), gen(5))
+    assert torch.equal(plain[:, :, 1:], with_flip[:, :, 1:])  # same rotation/shear/zoom/shift draws
+    assert torch.equal(plain[:, :, 0].abs(), with_flip[:, :, 0].abs())

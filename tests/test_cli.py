@@ -169,7 +169,7 @@ def test_eval_writes_its_report_and_pictures(untrained_eval, synthetic_mnist_roo
     assert confusion.shape == (10, 10) and confusion.sum() == 20  # the 20 synthetic test images
     assert result["accuracy"] == pytest.approx(confusion.trace().item() / 20)
     assert result["errors"] == 20 - confusion.trace().item() and len(result["per_class_accuracy"]) == 10
-    assert result["loss"] > 0
+    assert result["loss"] > 0 and 0 < result["model_seconds"] < 60
     names = {"confusion.png", "predictions.png", "eval.json"} | ({"mistakes.png"} if result["errors"] else set())
     assert {p.name for p in out.iterdir()} == names
     assert sorted(result["files"]) == sorted(str(out / n) for n in names)

@@ -118,11 +118,13 @@ def test_lenet5_bn_min_pooled_channel_keeps_the_model_dtype():
 
 @pytest.fixture
 def fast_calls(monkeypatch) -> list[str]:
-    """Records every use of a fast path: LeNet5's folded sigmoid blocks, LeNet5BN's pooled blocks."""
+    """Records every use of a fast path: LeNet5's folded sigmoid blocks (two per forward),
+    LeNet5BN's pooled blocks (two per training forward) and its folded eval forward (one)."""
     calls: list[str] = []
-    subsample, pooled = LeNet5._subsample, layers.normalise_relu_pool
+    subsample, pooled, folded = LeNet5._subsample, layers.normalise_relu_pool, LeNet5BN._folded_forward
     monkeypatch.setattr(LeNet5, "_subsample", staticmethod(lambda *a: calls.append("lenet5") or subsample(*a)))
     monkeypatch.setattr(layers, "normalise_relu_pool", lambda *a: calls.append("lenet5-bn") or pooled(*a))
+    monkeypatch.setattr(LeNet5BN, "_folded_forward", staticmethod(lambda *a: calls.append("lenet5-bn eval") or folded(*a)))
     return calls
 
 
@@ -134,7 +136,7 @@ def test_training_and_inference_take_the_fast_path_with_no_switch(cls, fast_call
     model.train()(x).sum().backward()
     with torch.inference_mode():
         model.eval()(x)
-    assert len(fast_calls) == 4 and set(fast_calls) == {"lenet5" if cls is LeNet5 else "lenet5-bn"}
+    assert fast_calls == (["lenet5"] * 4 if cls is LeNet5 else ["lenet5-bn"] * 2 + ["lenet5-bn eval"])
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated, but the ONNX exporter traces
@@ -163,7 +165,7 @@ def test_a_forward_hook_on_a_layer_sees_it_run(cls, fast_calls):
         handle = model[1].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
         hooked = model(x)
         handle.remove()
-    assert len(seen) == 1 and fast_calls == ["lenet5" if cls is LeNet5 else "lenet5-bn"] * 2
+    assert len(seen) == 1 and fast_calls == (["lenet5"] * 2 if cls is LeNet5 else ["lenet5-bn eval"])
     torch.testing.assert_close(hooked, fast, rtol=1e-5, atol=1e-5)
 
 
@@ -199,3 +201,18 @@ def test_normalise_relu_pool_gradient_in_float64(negative_gamma):
     assert torch.autograd.gradcheck(lambda z, w, b: normalise_relu_pool(z, bn, pool),
                                     (z, bn.weight, bn.bias))
     torch.testing.assert_close(normalise_relu_pool(z, bn, pool), pool(torch.relu(bn(z))))
+
+
+@pytest.mark.parametrize("shape", [(256, 6, 28, 28), (7, 16, 10, 10), (3, 5, 3, 3), (1, 1, 1, 1)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channel_stats_equal_var_mean(shape, channels_last):
+    from lenet.layers import channel_stats
+
+    torch.manual_seed(0)
+    z = torch.randn(*shape) * 3 + 5  # a mean far from 0: a one-pass E[z²] - E[z]² would lose digits
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last)
+    var, mean = channel_stats(z)
+    ref_var, ref_mean = torch.var_mean(z.double(), dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import socket
 import struct
 import zlib
@@ -20,11 +21,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from lenet import predict as predict_module
+from lenet import prepare as prepare_module
 from lenet.checkpoint import save_checkpoint
 from lenet.errors import LenetError
 from lenet.models import create_model
 from lenet.predict import Predictor, predict_command
-from lenet.preprocess import NO_DIGIT, OUT
+from lenet.preprocess import NO_DIGIT, OUT, preprocess
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -377,21 +379,80 @@ def test_a_corrupt_dds_or_a_float_tiff_with_inf_does_not_sink_the_good_files(che
 def test_a_file_that_fails_unexpectedly_gets_one_line_and_the_others_are_predicted(checkpoint, tmp_path,
                                                                                   monkeypatch):
     good, bad = save(digit_image("3"), tmp_path / "a.png"), save(digit_image("5"), tmp_path / "b.png")
-    real = Predictor.preprocess
-
-    def fragile(self, img):
-        if img.getpixel((0, 0)) == 255 and img.getpixel((1, 0)) == 254:
-            raise ValueError("a bug in a preprocessing stage")
-        return real(self, img)
-
     marked = digit_image("5")
     marked.putpixel((1, 0), 254)
     marked.save(bad)
-    monkeypatch.setattr(Predictor, "preprocess", fragile)
+    monkeypatch.setattr(prepare_module, "preprocess", fragile_preprocess)  # where lenet predict preprocesses a file
     code, rows, err = run([good, bad], checkpoint)
     assert code == 1 and [r["path"] for r in rows] == [str(good)]
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"lenet: error: {bad}: ") and "ValueError" in lines[0]
+
+
+def fragile_preprocess(img, mode):
+    """preprocess, except that an image marked with pixels 255, 254 at its top left meets a bug."""
+    if img.getpixel((0, 0)) == 255 and img.getpixel((1, 0)) == 254:
+        raise ValueError("a bug in a preprocessing stage")
+    return preprocess(img, mode)
+
+
+# --- lenet predict on every core ---------------------------------------------------------------
+
+def test_worker_processes_give_the_same_answers_in_input_order(checkpoint, tmp_path, monkeypatch):
+    """A folder big enough for worker processes: the same JSON lines, in the same order, as one
+    process gives; a file that fails in a worker (corrupt, or a bug) gets its one line."""
+    folder = tmp_path / "many"
+    for i in range(12):
+        save(digit_image(str(i % 10), size=60 + 7 * i, dark_on_light=i % 3 > 0), folder / f"{i:02d}.png")
+    (folder / "05.png").write_bytes(b"not a picture")  # the sixth file: not an image
+    marked = digit_image("8")
+    marked.putpixel((1, 0), 254)
+    marked.save(folder / "09.png")
+    monkeypatch.setattr(prepare_module, "preprocess", fragile_preprocess)
+    monkeypatch.setattr(prepare_module, "cores", lambda: 1)
+    one = run([folder], checkpoint)
+    monkeypatch.setattr(prepare_module, "cores", lambda: 2)
+    used = []
+    real_init = prepare_module.Preparer.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        used.append(self.pool is not None)
+
+    monkeypatch.setattr(prepare_module.Preparer, "__init__", spy)
+    several = run([folder], checkpoint)
+    assert used == [True]
+    assert several == one
+    code, rows, err = several
+    assert code == 1 and [Path(r["path"]).name for r in rows] == [f"{i:02d}.png" for i in range(12) if i not in (5, 9)]
+    lines = err.splitlines()
+    assert len(lines) == 2 and "05.png: not an image" in lines[0] and "09.png: could not be processed" in lines[1]
+
+
+def test_a_worker_that_dies_does_not_sink_the_others(checkpoint, tmp_path, monkeypatch):
+    """A decoder crash kills its worker process: the files left are prepared in the main process."""
+    folder = tmp_path / "many"
+    for i in range(10):
+        save(digit_image(str(i)), folder / f"{i}.png")
+    parent = os.getpid()
+
+    def crashing(img, mode):
+        if os.getpid() != parent and img.size == (120, 120):
+            os._exit(3)  # as a segfault in a C decoder would end it
+        return preprocess(img, mode)
+
+    monkeypatch.setattr(prepare_module, "preprocess", crashing)
+    monkeypatch.setattr(prepare_module, "cores", lambda: 2)
+    code, rows, err = run([folder], checkpoint)
+    assert code == 0 and err == "" and [Path(r["path"]).name for r in rows] == [f"{i}.png" for i in range(10)]
+
+
+def test_prepare_file_returns_a_line_never_raises(tmp_path):
+    seen, error = prepare_module.prepare_file(tmp_path / "nope.png", "nope.png", "digits")
+    assert seen is None and error.startswith("lenet: error: nope.png: ")
+    good = save(digit_image("2"), tmp_path / "two.png")
+    seen, error = prepare_module.prepare_file(good, "two.png", "digits")
+    assert error is None and isinstance(seen.image, np.ndarray) and seen.image.shape == (1, OUT, OUT)
 
 
 def test_save_input_shortens_names_too_long_for_the_file_system(checkpoint, tmp_path):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from lenet.checkpoint import save_checkpoint
 from lenet.cli import main
 from lenet.config import TrainConfig
-from lenet.data import Dataset, load_dataset
+from lenet.data import Dataset
 from lenet.errors import LenetError
 from lenet.models import create_model
 from lenet.train import Run, fit
@@ -217,13 +217,15 @@ def test_progress_bar_only_when_stderr_is_a_terminal(tmp_path, monkeypatch, term
 
 
 @pytest.mark.slow
-def test_short_training_on_real_mnist_passes_97_percent(tmp_path, mnist_root):
-    data = load_dataset("mnist", mnist_root)
-    cfg = TrainConfig(model="lenet5-bn", epochs=1, batch_size=128, lr=5e-3, augment=False,
-                      out=str(tmp_path / "run"))
-    metrics = fit(cfg, data=data, progress=False, log=lambda s: None)
-    assert metrics["test_accuracy"] > 0.97
-    assert metrics["selected_on"] == "validation"
+def test_the_quick_preset_passes_99_percent_in_one_epoch(tmp_path, mnist_root, capsys):
+    """`lenet train --preset quick` on the real MNIST: the issue's per-seed floor is 98.9%, the mean of
+    5 seeds 99.0% (benchmarks/preset_seeds.py measures that)."""
+    code = main(["train", "--preset", "quick", "--data-root", str(mnist_root), "--out", str(tmp_path / "run"),
+                 "--no-progress", "--json"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["epochs"] == 1 and metrics["selected_on"] == "validation"
+    assert metrics["test_accuracy"] >= 0.989
 
 
 # --- issue 11, finding 3: a malformed last.safetensors is one line, never a traceback -------------
@@ -286,7 +288,8 @@ STATE_CASES = {
     "rank states partly missing": (lambda s, m: s.pop("rank_aug_rng"), "rank_aug_rng"),
     "no optimizer": (lambda s, m: s.pop("optimizer"), "optimizer"),
     "optimizer groups missing": (_opt_state(lambda o: o["param_groups"].pop()), "optimizer"),
-    "optimizer lr as text": (_opt_state(lambda o: o["param_groups"][0].__setitem__("lr", "x")), "optimizer"),
+    "optimizer group with a parameter too many": (_opt_state(lambda o: o["param_groups"][0]["params"].append(99)),
+                                                  "optimizer"),
     "exp_avg of the wrong shape": (_opt_state(lambda o: o["state"][0].__setitem__("exp_avg", torch.zeros(3))),
                                    "optimizer"),
     "exp_avg with NaN": (_opt_state(lambda o: o["state"][0]["exp_avg"].view(-1).__setitem__(0, float("nan"))),
@@ -294,7 +297,7 @@ STATE_CASES = {
     "optimizer state of an unknown parameter": (_opt_state(lambda o: o["state"].__setitem__(999, {})), "optimizer"),
     "scheduler step as text": (lambda s, m: s["scheduler"].__setitem__("last_epoch", "x"), "scheduler"),
     "scheduler at another step": (lambda s, m: s["scheduler"].__setitem__("last_epoch", 3), "scheduler"),
-    "scheduler missing a key": (lambda s, m: s["scheduler"].pop("total_steps"), "scheduler"),
+    "scheduler not an object": (_set("scheduler", [5]), "scheduler"),
     "config missing": (lambda s, m: m.pop("config"), "config"),
     "config with an unknown field": (lambda s, m: m["config"].__setitem__("bogus", 1), "bogus"),
     "config field of the wrong type": (lambda s, m: m["config"].__setitem__("seed", "x"), "seed"),
@@ -362,10 +365,74 @@ def test_threads_are_bounded_by_the_machine(tmp_path, monkeypatch):
 
 
 def test_resume_ignores_the_saved_data_root_and_says_so(tmp_path):
-    from lenet.resume import resume_config
+    from lenet.resume import read_resume
 
     fit(config(tmp_path, epochs=1, data_root=str(tmp_path / "chosen-by-the-file")), **quiet())
     said = []
-    base = resume_config(tmp_path / "run/last.safetensors", log=said.append)
+    base = read_resume(tmp_path / "run/last.safetensors", log=said.append).config
     assert base["data_root"] == "" and base["out"] == str(tmp_path / "run")
     assert len(said) == 1 and "chosen-by-the-file" in said[0]
+
+
+def _torch_optim_layout(state, meta):
+    """The optimizer and scheduler state as torch.optim.AdamW and OneCycleLR wrote them (lenet <= 0.x)."""
+    for group in state["optimizer"]["param_groups"]:
+        group.update({"betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": False, "foreach": None, "maximize": False,
+                      "capturable": False, "differentiable": False, "fused": None, "decoupled_weight_decay": True,
+                      "initial_lr": 4e-4, "max_lr": 0.01, "min_lr": 4e-8})
+    state["scheduler"].update({"total_steps": 24, "_step_count": 13, "base_lrs": [4e-4, 4e-4],
+                               "_last_lr": [0.01, 0.01], "_get_lr_called_within_step": False})
+
+
+def test_a_state_written_by_torch_optims_classes_resumes_to_the_same_weights(tmp_path):
+    """Runs interrupted under an older lenet (torch.optim.AdamW + OneCycleLR) continue identically."""
+    def kill_after_epoch_one(line):
+        if line.startswith("epoch   1/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(LenetError, match="interrupted after epoch 1/2"):
+        fit(config(tmp_path / "new", epochs=2), **quiet(log=kill_after_epoch_one))
+    import shutil
+
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    old = tmp_path / "old/run/last.safetensors"
+    _resave_state(tmp_path / "new/run/last.safetensors", old, _torch_optim_layout)
+    a = fit(config(tmp_path / "new", epochs=2), resume=tmp_path / "new/run/last.safetensors", **quiet())
+    b = fit(config(tmp_path / "old", epochs=2), resume=old, **quiet())
+    assert a["test_loss"] == b["test_loss"]
+    wa, wb = (load_file(str(tmp_path / f"{n}/run/last.safetensors")) for n in ("new", "old"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("model."))
+
+
+def test_ema_selects_and_saves_the_average_and_resumes_exactly(tmp_path):
+    cfg = dict(ema=0.9, augment=True, model_args={"dropout": 0.2})
+    whole = fit(config(tmp_path / "whole", **cfg), **quiet())
+    plain = fit(config(tmp_path / "plain", **{**cfg, "ema": 0.0}), **quiet())
+    assert whole["test_loss"] != plain["test_loss"]  # the saved model is the average, not the last weights
+    from lenet.checkpoint import load_extra_state
+
+    _, _, state = load_extra_state(tmp_path / "whole/run/last.safetensors")
+    saved = load_file(str(tmp_path / "whole/run/model.safetensors"))
+    assert int(state["ema"]["n_averaged"]) == 3 * 8  # 3 epochs of 8 steps (500 images, batch 64)
+    raw = load_file(str(tmp_path / "whole/run/last.safetensors"))  # the trained (not averaged) weights
+    weights = [k for k in saved if k.endswith("weight")]
+    assert weights and not any(torch.equal(saved[k], raw[k]) for k in weights)
+
+    def kill_after_epoch_one(line):
+        if line.startswith("epoch   1/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(LenetError, match="interrupted after epoch 1/3"):
+        fit(config(tmp_path / "split", **cfg), **quiet(log=kill_after_epoch_one))
+    split = fit(config(tmp_path / "split", **cfg), resume=tmp_path / "split/run/last.safetensors", **quiet())
+    assert split["test_loss"] == whole["test_loss"]
+    again = load_file(str(tmp_path / "split/run/model.safetensors"))
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+
+
+def test_ema_state_that_does_not_fit_is_one_line(tmp_path):
+    fit(config(tmp_path, epochs=1, ema=0.9), **quiet())
+    last = tmp_path / "run/last.safetensors"
+    bad = tmp_path / "bad.safetensors"
+    _resave_state(last, bad, lambda s, m: s.__setitem__("ema", {"n_averaged": torch.tensor(3)}))
+    _refused_in_one_line(tmp_path, bad, "ema")

@@ -4,7 +4,7 @@ Every image in the batch gets its own rotation, scale, shear and shift, but the 
 tensor ops (`affine_grid`, `grid_sample`) on the (B, 1, 28, 28) batch instead of a PIL call
 per image. Elastic distortion follows Simard et al. 2003: a random displacement field per
 image, smoothed by a Gaussian of width `elastic_sigma` pixels, scaled so its largest
-displacement is `elastic_alpha` pixels. `thickness` dilates or erodes a share of the images by
+displacement is `elastic_alpha` pixels. `flip` mirrors half the images (Fashion-MNIST). `thickness` dilates or erodes a share of the images by
 about half a pixel per side (mean with a 3x3 max or min): pens differ, preprocessing can't fix it.
 
     lenet train --augment --rotate 12 --elastic-alpha 2 --thickness 0.3
@@ -28,6 +28,7 @@ class AugmentConfig:
     elastic_alpha: float = 0.0  # peak elastic displacement in pixels; 0 = off
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels
     thickness: float = 0.0  # share of images whose strokes get 1 px thicker or thinner (pens differ)
+    flip: bool = False  # mirror half the images left to right (clothes; never digits)
 
 
 def _uniform(n: int, bound: float, gen: torch.Generator) -> torch.Tensor:
@@ -43,6 +44,9 @@ def affine_matrices(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.T
     cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
     # rotation @ shear, divided by the zoom: sampling the input at A·x makes the digit zoom times larger
     a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(n, 2, 2) / zoom.view(n, 1, 1)
+    if cfg.flip:  # drawn last, so the other draws are the same with or without it
+        mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)  # (n,)
+        a = a * torch.stack([mirror, torch.ones(n)], dim=1).view(n, 1, 2)  # x -> -x for the mirrored
     return torch.cat([a, shift.unsqueeze(2)], dim=2)
 
 

@@ -152,16 +152,16 @@ def cmd_train(args) -> int:
     from lenet.distributed import env_world, launch, under_launcher
     from lenet.train import fit
 
-    base = None
-    if args.resume:
-        from lenet.resume import resume_config
+    resumed = None
+    if args.resume:  # read once here: its config is the base, fit() restores its state
+        from lenet.resume import read_resume
 
         log = {} if env_world().main else {"log": lambda s: None}  # under torchrun, rank 0 speaks
-        base = resume_config(args.resume, **log)  # checked; its data_root is not used (the flag or the default is)
-    cfg = config.from_args(args, base)
+        resumed = read_resume(args.resume, **log)  # checked; its data_root is not used (the flag or the default is)
+    cfg = config.from_args(args, resumed.config if resumed else None)
     if cfg.nproc > 1 and not under_launcher():  # --nproc N: the same command on N processes, through torchrun
         return launch(args.argv, cfg.nproc)
-    metrics = fit(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    metrics = fit(cfg, resume=resumed, progress=not args.no_progress, overwrite=args.overwrite)
     if not env_world().main:
         return 0  # rank 0 reports
     return show(args, metrics, f"test accuracy {metrics['test_accuracy']:.4f} (model of epoch {metrics['best_epoch']}, "
@@ -220,9 +220,12 @@ def cmd_calibrate(args) -> int:
 def cmd_export(args) -> int:
     from lenet.export import export_onnx
 
-    result = export_onnx(args.checkpoint, Path(args.out), int8=args.int8)
+    result = export_onnx(args.checkpoint, Path(args.out), int8=args.int8, data_root=data_root(args))
+    accuracy = (f"; {result['dataset']} test accuracy {result['test_accuracy']:.2%} (float32 "
+                f"{result['fp32_test_accuracy']:.2%})" if args.int8 else "")
     return show(args, result, f"wrote {result['path']} ({result['bytes']:,} bytes); onnxruntime vs PyTorch: max "
-                f"logit difference {result['max_abs_logit_difference']:.2g}, top-1 agreement {result['top1_agreement']:.0%}")
+                f"logit difference {result['max_abs_logit_difference']:.2g}, top-1 agreement "
+                f"{result['top1_agreement']:.0%}{accuracy}")
 
 
 def cmd_bench(args) -> int:
@@ -320,8 +323,12 @@ def build_parser() -> Parser:
     sp = command("export", cmd_export, "export a checkpoint to ONNX (input contract built in), checked with onnxruntime")
     sp.add_argument("--checkpoint", help="model file or embedded name (default: mnist)")
     sp.add_argument("--format", choices=("onnx",), default="onnx")
-    sp.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the weights")
+    sp.add_argument("--int8", action="store_true", help="static int8 quantisation, calibrated on 300 training "
+                    "images of the checkpoint's dataset (needs it: --data-root): for the embedded model a 3.4x "
+                    "smaller file (110 kB), 1.4x faster under onnxruntime on one thread (1.0-1.3x on two, "
+                    "this 2-core CPU), the same test accuracy (99.69%%; reported)")
     sp.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    add_data_root(sp)
 
     sp = command("bench", cmd_bench, "training and inference throughput on this machine (about a minute)")
     sp.add_argument("--model", default="lenet5", help="model to time (default lenet5)")

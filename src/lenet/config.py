@@ -48,6 +48,9 @@ class TrainConfig:
     step_epochs: int = _opt("step schedule: epochs between decays", default=5)
     step_gamma: float = _opt("step schedule: decay factor", default=0.3)
     label_smoothing: float = _opt("cross-entropy label smoothing", default=0.0)
+    ema: float = _opt("also keep an exponential moving average of the weights, with this decay per step "
+                      "(0: off; e.g. 0.999): validation selects among, and model.safetensors holds, the average",
+                      default=0.0)
     seed: int = _opt("seed for initialisation, split, shuffling and augmentation", default=0)
     val_size: int = _opt("validation images held out of the training set (0: none)", default=5000)
     select_on_test: bool = _opt("pick the best epoch on the TEST set (a leak; for comparison with "
@@ -60,6 +63,7 @@ class TrainConfig:
     elastic_alpha: float = _opt("augmentation: elastic peak displacement in pixels (0: off)", default=0.0)
     elastic_sigma: float = _opt("augmentation: elastic field smoothness in pixels", default=4.0)
     thickness: float = _opt("augmentation: share of images drawn 1 px thicker or thinner", default=0.0)
+    flip: bool = _opt("augmentation: mirror half the images left to right (for clothes, not digits)", default=False)
     device: str = _opt("device", DEVICES, "auto")
     threads: int = _opt("CPU threads (0: PyTorch's default; with --nproc N: cores / N per process)", default=0)
     nproc: int = _opt("processes to train on, data parallel through torchrun (--batch-size stays the global batch)",
@@ -71,19 +75,21 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 99.0%+ in under 30 s of wall time on 2 CPU cores: batch norm allows a high one-cycle rate.
-    "quick": {"model": "lenet5-bn", "epochs": 2, "batch_size": 256, "lr": 8e-3, "augment": False,
-              "out": "runs/quick"},
+    # 99.0%+ (mean of 5 seeds) in one epoch, under 10 s of wall time on 2 CPU cores: batch norm allows a
+    # high one-cycle rate, C1/C3 twice as wide learn more per image, beta1 0.8 follows the rate faster.
+    "quick": {"model": "lenet5-bn", "model_args": {"c1": 12, "c3": 24}, "epochs": 1, "batch_size": 256,
+              "lr": 8e-3, "momentum": 0.8, "augment": False, "out": "runs/quick"},
     # LeNet-5 as published (no batch norm), with affine + elastic distortions, stroke-width changes
     # and label smoothing.
     "paper": {"model": "lenet5", "epochs": 50, "batch_size": 128, "lr": 4e-3, "elastic_alpha": 1.5,
-              "thickness": 0.3, "label_smoothing": 0.1, "out": "runs/paper"},
+              "thickness": 0.3, "label_smoothing": 0.1, "ema": 0.999, "out": "runs/paper"},
     # Best under 100k parameters: LeNet-5-BN with C1 12 and C3 24 maps (90,910 parameters), also the
     # embedded default: thickness changes make it robust to real pens.
     "best": {"model": "lenet5-bn", "model_args": {"c1": 12, "c3": 24, "dropout": 0.1}, "epochs": 45,
              "batch_size": 128, "lr": 4e-3, "elastic_alpha": 2.0, "thickness": 0.3,
-             "label_smoothing": 0.05, "out": "runs/best"},
-    # Fashion-MNIST: no rotation/shear (clothes are upright), mild shift/zoom.
+             "label_smoothing": 0.05, "ema": 0.999, "out": "runs/best"},
+    # Fashion-MNIST: no rotation/shear (clothes are upright), mild shift/zoom. (Adding --flip and --ema 0.999
+    # measured worse: 92.21 +- 0.04% over 3 seeds, against 92.42% for seed 0 without them.)
     "fashion": {"model": "lenet5-bn", "dataset": "fashion-mnist", "model_args": {"c1": 12, "c3": 24, "dropout": 0.2},
                 "epochs": 25, "lr": 4e-3, "rotate": 0.0, "shear": 0.0, "scale": 0.05, "shift": 0.06,
                 "label_smoothing": 0.05, "out": "runs/fashion"},
@@ -112,7 +118,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
             raise LenetError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
     ranges = {  # field: (low, high, low inclusive, high inclusive)
         "lr": (0, 10, False, True), "label_smoothing": (0, 1, True, False), "momentum": (0, 1, True, False),
-        "weight_decay": (0, 1, True, True), "step_gamma": (0, 1, False, True), "rotate": (0, 180, True, True),
+        "ema": (0, 1, True, False), "weight_decay": (0, 1, True, True), "step_gamma": (0, 1, False, True), "rotate": (0, 180, True, True),
         "scale": (0, 1, True, False), "shear": (0, 60, True, True), "shift": (0, 0.5, True, True),
         "elastic_alpha": (0, 10, True, True), "elastic_sigma": (0, 9, False, True), "thickness": (0, 1, True, True),
     }

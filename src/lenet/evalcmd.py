@@ -11,6 +11,7 @@ always that function, never this module.)
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,13 @@ def eval_command(checkpoint: str | None, dataset: str | None, out: Path | None,
         raise LenetError(f"{meta['path']}: has {len(meta.get('class_names', []))} classes, {dataset} has "
                          f"{len(data.class_names)}")
     spec = model.input_spec
+    start = time.perf_counter()
     result = evaluate(model, spec, data.test_images, data.test_labels, num_classes=len(data.class_names))
+    seconds = time.perf_counter() - start  # the model over the test set, after loading
     pred = result.pop("predictions")
     report = {"checkpoint": meta["path"], "model": meta["model"], "dataset": dataset,
-              "class_names": data.class_names, **result, "errors": int((pred != data.test_labels).sum())}
+              "class_names": data.class_names, **result, "errors": int((pred != data.test_labels).sum()),
+              "model_seconds": round(seconds, 4)}
     if out is not None:
         all_wrong = (pred != data.test_labels).nonzero().flatten()
         wrong = all_wrong[:MAX_MISTAKES_SHOWN]

@@ -5,14 +5,14 @@
     from lenet.predict import Predictor
     Predictor().predict_images([Image.open("seven.jpg")])   # [{"prediction": 7, ...}]
 
-Many files go through the model in batches of BATCH (one forward pass each); a file that
-cannot be read gets one line on stderr and the others are still predicted.
+Many files are decoded and preprocessed on every core (lenet.prepare), then go through the model
+in batches of BATCH (one forward pass each); a file that cannot be read gets one line on stderr
+and the others are still predicted.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +30,7 @@ from lenet.fileio import atomic_write
 from lenet.models import prepare_input
 from lenet.imagefile import as_image, open_image
 from lenet.numbers import read_number
+from lenet.prepare import Preparer, c_stderr_off, error_line
 from lenet.preprocess import DIGITS, NO_DIGIT, OBJECTS, Preprocessed, preprocess, to_png
 from lenet.trust import Trust, features
 
@@ -272,30 +273,27 @@ def format_number_row(path: str, result: dict, width: int) -> str:
     return f"{path:<{width}}  {result['number'] or '-':<12} {result['status']:<12} {digits or result.get('reason', '')}"
 
 
-@contextlib.contextmanager
-def c_stderr_off():
-    """libtiff prints what it finds wrong in a file straight to file descriptor 2, beside our
-    one line per file: silence the descriptor while a file decodes (the CLI only: one thread)."""
+def read_number_of(item: tuple, predictor: Predictor) -> tuple[tuple | None, str | None]:
+    """--number: one file -> (read_number's (digits, reason), None) or (None, its error line); in
+    the main process, since reading a number runs the model on its candidate digits."""
+    shown, file, _, error = item
     try:
-        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:  # no stderr to silence
-        yield
-        return
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+        if error:
+            raise LenetError(error)
+        with c_stderr_off():
+            img = open_image(file, shown)
+        return read_number(img, predictor.top_probability), None
+    except Exception as exc:  # noqa: BLE001 - a bug met on one file must not sink the others
+        return None, error_line(shown, exc)
 
 
 def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_json: bool,
                     save_input: str | None, out: IO[str] | None = None, err: IO[str] | None = None,
-                    number: bool = False) -> int:
+                    number: bool = False, workers: int | None = None) -> int:
     """`lenet predict`: print a JSON line or a table row per image, one stderr line per
     input that failed. Exit code: 0 all predicted, 1 some failed, 2 none could be read.
-    number=True reads each image as a whole number (`Predictor.predict_number`)."""
+    number=True reads each image as a whole number (`Predictor.predict_number`); `workers`:
+    processes decoding and preprocessing the files (default: one per core; 1: this one only)."""
     out, err = out or sys.stdout, err or sys.stderr  # looked up now: callers may have redirected them
     if top_k < 1:
         raise LenetError(f"--top-k must be at least 1, got {top_k}")
@@ -306,31 +304,30 @@ def predict_command(inputs: list[str], checkpoint: str | None, top_k: int, as_js
         raise LenetError(f"{out_dir}: --save-input needs a folder, this is a file")
     if number and out_dir is not None:
         raise LenetError("--save-input saves one digit's 28x28 input; it does not go with --number")
-    predictor = Predictor(checkpoint)
-    if number and not predictor.digits:
-        raise LenetError(f"--number reads digits; {predictor.dataset} models have other classes")
+    items = list(find_images(inputs, skip=out_dir))  # --save-input inside an input folder: its copies are not inputs
+    with Preparer(0 if number else sum(error is None for *_, error in items), workers) as prepare:  # forks before the model loads
+        predictor = Predictor(checkpoint)
+        if number and not predictor.digits:
+            raise LenetError(f"--number reads digits; {predictor.dataset} models have other classes")
+        return _predict_all(items, prepare, predictor, top_k, as_json, out_dir, out, err, number)
+
+
+def _predict_all(items: list[tuple], prepare: Preparer, predictor: Predictor, top_k: int, as_json: bool,
+                 out_dir: Path | None, out: IO[str], err: IO[str], number: bool) -> int:
+    """predict_command's work: files prepared by `prepare` (worker processes), then BATCH at a
+    time through the model, printed in input order."""
     done = failed = 0
     used: set[Path] = set()
     header = False
-    read = (lambda img: read_number(img, predictor.top_probability)) if number else predictor.preprocess
-    # --save-input inside an input folder: its copies are not inputs (they would be found again)
-    for chunk in _chunks(find_images(inputs, skip=out_dir), BATCH):
+    prepared = ((item, read_number_of(item, predictor)) for item in items) if number else prepare(items, predictor.mode.name)
+    for chunk in _chunks(prepared, BATCH):
         ready = []  # (shown name, file, root, preprocessed, or read_number's digits and reason)
-        for shown, file, root, error in chunk:
-            try:
-                if error:
-                    raise LenetError(error)
-                with c_stderr_off():
-                    img = open_image(file, shown)
-                ready.append((shown, file, root, read(img)))
-            except LenetError as exc:
+        for (shown, file, root, _), (seen, error) in chunk:
+            if error:
                 failed += 1
-                print(f"lenet: error: {exc}", file=err, flush=True)
-            except Exception as exc:  # noqa: BLE001 - a bug met on one file must not sink the others
-                failed += 1
-                why = " ".join(str(exc).split())[:160]
-                print(f"lenet: error: {shown}: could not be processed ({type(exc).__name__}: {why}); "
-                      "this is a bug in lenet, please report it", file=err, flush=True)
+                print(error, file=err, flush=True)
+            else:
+                ready.append((shown, file, root, seen))
         if number:
             results = [predictor.number_answer(*found) for *_, found in ready]
         else:

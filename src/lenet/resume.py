@@ -1,12 +1,12 @@
 """Checks of a run's resume state (last.safetensors), so that `lenet train --resume` either
 continues exactly where the run stopped or refuses with one line, never a traceback.
 
-    lenet train --resume runs/x/last.safetensors     # resume_config (CLI), check_state (Run.restore)
+    lenet train --resume runs/x/last.safetensors     # read_resume (once), check_state (Run.restore)
 
 The state is compared with what a fresh run of the same config would hold: the epoch counters
-and history, both RNG states (uint8, torch's length), the optimizer's parameter groups and
-per-parameter tensors (the parameters' shapes, finite), and the scheduler (same fields, at
-the step the epoch implies), and each rank's RNG states of a data-parallel run (one per process).
+and history, both RNG states (uint8, torch's length), the optimizer's parameter groups (as many
+parameters) and per-parameter tensors (the parameters' shapes, finite), the schedule's step (the
+one the epoch implies), the weights' average (with --ema), and each rank's RNG states of a data-parallel run (one per process).
 The saved config must be an object of known, valid fields.
 The saved `data_root` is not used: data comes from `--data-root` or the default root (every
 file is checked by SHA-256 either way), so a file cannot choose where `--resume` fetches to.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +25,7 @@ import torch
 from lenet.checkpoint import load_extra_state
 from lenet.config import RETIRED_FIELDS, TrainConfig, check
 from lenet.errors import LenetError
+from lenet.optim import Optimizer
 
 STATE_KEYS = ("epoch", "best", "best_epoch", "history", "optimizer", "scheduler", "torch_rng", "gen_rng")
 # Written since data-parallel training (files without them are a one-process run's): the number of
@@ -55,39 +56,33 @@ def saved_config(meta: dict[str, Any], path: Path | str) -> dict[str, Any]:
     return saved
 
 
-def resume_config(path: Path | str, log: Callable[[str], None] = _print_to_stderr) -> dict[str, Any]:
-    """The config `lenet train --resume PATH` starts from (flags given override it)."""
-    _, meta, _ = load_extra_state(path)
+@dataclass
+class Resumed:
+    """A run's last.safetensors, read once: what `fit` restores and the config it resumes with."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]  # the weights of the last completed epoch
+    meta: dict[str, Any]
+    state: Any  # the training state, checked against the run by check_state
+    config: dict[str, Any]  # the saved config, with data_root "" and out the file's folder
+
+
+def read_resume(path: Path | str, log: Callable[[str], None] = _print_to_stderr) -> Resumed:
+    """Read `lenet train --resume PATH`'s file; its config is what the run starts from (flags given
+    override it). The saved data_root is not used (the flag or the default root is)."""
+    tensors, meta, state = load_extra_state(path)
     saved = saved_config(meta, path)
     if saved.get("data_root"):
         log(f"lenet: {path}: not using the run's saved data_root {saved['data_root']!r}; data comes from "
             "--data-root or the default root (checked by SHA-256 either way)")
-    return {**saved, "data_root": "", "out": str(Path(path).parent)}
+    config = {**saved, "data_root": "", "out": str(Path(path).parent)}
+    return Resumed(Path(path), tensors, meta, state, config)
 
 
 # --- the training state -------------------------------------------------------------------------
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def structure_problem(fresh: Any, loaded: Any, where: str) -> str | None:
-    """Where `loaded` differs from `fresh` in structure (keys, lengths, kinds of values), or None."""
-    if isinstance(fresh, dict):
-        if not isinstance(loaded, dict) or set(loaded) != set(fresh):
-            return where
-        return next((p for k in fresh if (p := structure_problem(fresh[k], loaded[k], f"{where}.{k}"))), None)
-    if isinstance(fresh, (list, tuple)):
-        if not isinstance(loaded, (list, tuple)) or len(loaded) != len(fresh):
-            return where
-        return next((p for i, (a, b) in enumerate(zip(fresh, loaded))
-                     if (p := structure_problem(a, b, f"{where}.{i}"))), None)
-    if _number(fresh):
-        return None if _number(loaded) else where
-    if isinstance(fresh, torch.Tensor):
-        ok = isinstance(loaded, torch.Tensor) and loaded.shape == fresh.shape and loaded.dtype == fresh.dtype
-        return None if ok else where
-    return None if type(loaded) is type(fresh) else where  # bool, str, None
 
 
 def _rng_problem(name: str, v: Any) -> str | None:
@@ -129,12 +124,18 @@ def _counters_problem(state: dict[str, Any], epochs: int) -> str | None:
     return None
 
 
-def _optimizer_problem(opt: torch.optim.Optimizer, loaded: Any) -> str | None:
-    fresh = opt.state_dict()
-    if not isinstance(loaded, dict) or set(loaded) != set(fresh) or not isinstance(loaded["state"], dict):
+def _optimizer_problem(opt: Optimizer, loaded: Any) -> str | None:
+    """The groups must hold as many parameters as this run's; each parameter's state must be finite
+    tensors of its shape (or a scalar step). Other fields (a group's rate, or what torch.optim's own
+    classes stored in files of older versions) are not used: the schedule sets the rates."""
+    fresh = opt.state_dict()["param_groups"]
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("state"), dict) \
+            or not isinstance(loaded.get("param_groups"), list):
         return "optimizer is not an optimizer state"
-    if where := structure_problem(fresh["param_groups"], loaded["param_groups"], "optimizer.param_groups"):
-        return f"{where} differs from this run's optimizer"
+    sizes = [len(g["params"]) if isinstance(g, dict) and isinstance(g.get("params"), list) else None
+             for g in loaded["param_groups"]]
+    if sizes != [len(g["params"]) for g in fresh]:
+        return "optimizer.param_groups differs from this run's optimizer"
     params = [p for group in opt.param_groups for p in group["params"]]
     for index, values in loaded["state"].items():
         if type(index) is not int or not 0 <= index < len(params) or not isinstance(values, dict):
@@ -148,11 +149,25 @@ def _optimizer_problem(opt: torch.optim.Optimizer, loaded: Any) -> str | None:
     return None
 
 
-def _scheduler_problem(sched: Any, loaded: Any, step: int) -> str | None:
-    if where := structure_problem(sched.state_dict(), loaded, "scheduler"):
-        return f"{where} differs from this run's schedule"
+def _scheduler_problem(loaded: Any, step: int) -> str | None:
+    """The schedule's only state is its step (torch.optim.lr_scheduler's files hold more: unused)."""
+    if not isinstance(loaded, dict) or type(loaded.get("last_epoch")) is not int:
+        return "scheduler has no step count"
     if loaded["last_epoch"] != step:
         return f"scheduler is at step {loaded['last_epoch']}, its epoch ends at step {step}"
+    return None
+
+
+def _ema_problem(ema: torch.nn.Module, loaded: Any) -> str | None:
+    """With --ema: the average's tensors, each of this model's names, shapes and kinds, finite."""
+    fresh = ema.state_dict()
+    if not isinstance(loaded, dict) or set(loaded) != set(fresh):
+        return "ema does not hold this model's averaged weights"
+    for name, v in fresh.items():
+        got = loaded[name]
+        if not isinstance(got, torch.Tensor) or got.shape != v.shape or got.dtype != v.dtype \
+                or (got.is_floating_point() and not torch.isfinite(got).all()):
+            return f"ema.{name} is not a finite tensor of its shape"
     return None
 
 
@@ -166,7 +181,8 @@ def check_state(state: Any, run: Any, path: Path | str) -> None:
         problem = (_counters_problem(state, run.cfg.epochs) or _rng_problem("torch_rng", state["torch_rng"])
                    or _rng_problem("gen_rng", state["gen_rng"]) or _ranks_problem(state)
                    or _optimizer_problem(run.opt, state["optimizer"])
-                   or _scheduler_problem(run.sched, state["scheduler"], state["epoch"] * run.steps_per_epoch))
+                   or _scheduler_problem(state["scheduler"], state["epoch"] * run.steps_per_epoch)
+                   or (_ema_problem(run.ema, state.get("ema")) if run.ema is not None else None))
     if problem:
         raise LenetError(f"{path}: its training state is malformed ({problem}) — resume from an intact "
                          "last.safetensors, or start a new run")

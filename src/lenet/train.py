@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lenet import __version__
 from lenet.augment import AugmentConfig, augment_batch
-from lenet.checkpoint import build_model, load_extra_state, save_checkpoint
+from lenet.checkpoint import build_model, save_checkpoint
 from lenet.config import TrainConfig, check, check_resumable, to_dict
 from lenet.data import Dataset, load_dataset, split_indices
 from lenet.distributed import (World, all_sum, all_sum_tensor, broadcast_module, env_world, gather_states,
@@ -38,7 +38,8 @@ from lenet.distributed import (World, all_sum, all_sum_tensor, broadcast_module,
 from lenet.errors import Interrupted, LenetError
 from lenet.fileio import write_json, write_text
 from lenet.models import ModelSpec, count_parameters, create_model, prepare_input
-from lenet.resume import check_state, saved_config
+from lenet.optim import Optimizer, Schedule
+from lenet.resume import Resumed, check_state, read_resume
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "seconds", "images_per_second")
@@ -102,30 +103,23 @@ def evaluate(model: nn.Module, spec: ModelSpec, images: torch.Tensor, labels: to
             "predictions": pred}
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
     # No weight decay on biases and norm parameters (1-D tensors): decaying them only hurts.
     decay = [p for p in model.parameters() if p.dim() > 1]
     rest = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    opt_class = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return opt_class(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return Optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+def make_scheduler(cfg: TrainConfig, opt: Optimizer, steps_per_epoch: int) -> Schedule:
     """A per-step schedule (stepped after every batch)."""
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "onecycle" and total >= 4:  # fewer steps leave one-cycle a phase of length 0
-        warmup = min(0.5, max(0.2, 2 / total))  # 20% warm-up, but at least two steps
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=warmup,
-                                                   cycle_momentum=cfg.optimizer == "sgd")
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs * steps_per_epoch,
-                                               gamma=cfg.step_gamma)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    kind = cfg.schedule
+    if kind == "onecycle" and total < 4:  # fewer steps leave one-cycle a phase of length 0
+        kind = "none"
+    warmup = min(0.5, max(0.2, 2 / total))  # one-cycle: 20% warm-up, but at least two steps
+    return Schedule(opt, kind, total, cfg.lr, pct_start=warmup, step_size=cfg.step_epochs * steps_per_epoch,
+                    gamma=cfg.step_gamma, cycle_momentum=cfg.optimizer == "sgd")
 
 
 @contextmanager
@@ -180,9 +174,19 @@ class Run:
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.opt = make_optimizer(cfg, self.model)
+        self.ema = None  # with --ema: the weights' moving average (parameters and BN statistics)
+        if cfg.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.sched = make_scheduler(cfg, self.opt, self.steps_per_epoch)
         self.epoch, self.best, self.best_epoch, self.history = 0, -1.0, 0, []
         self.out = Path(cfg.out)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model that validation selects and model.safetensors holds: the average, with --ema."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- checkpoints ------------------------------------------------------------------
     def meta(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -203,17 +207,21 @@ class Run:
                  "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
                  "gen_rng": self.gen.get_state(), "world_size": self.world.size,
                  "rank_torch_rng": rank_torch, "rank_aug_rng": rank_aug}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         save_checkpoint(self.out / "last.safetensors", self.model, self.meta(), extra_state=state)
 
-    def restore(self, path: Path, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
-        tensors, meta, state = load_extra_state(path)
+    def restore(self, resumed: Resumed, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
+        path, tensors, meta, state = resumed.path, resumed.tensors, resumed.meta, resumed.state
         if meta.get("model") != self.cfg.model or meta.get("dataset") != self.data.name:
             raise LenetError(f"{path}: was trained as {meta.get('model')} on {meta.get('dataset')}, "
                              f"not {self.cfg.model} on {self.data.name}")
-        check_resumable(saved_config(meta, path), self.cfg, path)
+        check_resumable(resumed.config, self.cfg, path)
         check_state(state, self, path)  # everything below then loads without surprises
         self.model.load_state_dict(build_model(tensors, meta, path).state_dict())
         self.opt.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.sched.load_state_dict(state["scheduler"])
         self.gen.set_state(state["gen_rng"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
@@ -236,7 +244,7 @@ class Run:
     def train_epoch(self, step: Callable, progress: bool) -> dict[str, float]:
         self.model.train()
         aug = AugmentConfig(self.cfg.rotate, self.cfg.scale, self.cfg.shear, self.cfg.shift,
-                            self.cfg.elastic_alpha, self.cfg.elastic_sigma, self.cfg.thickness)
+                            self.cfg.elastic_alpha, self.cfg.elastic_sigma, self.cfg.thickness, self.cfg.flip)
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
         images, labels = self.data.train_images, self.data.train_labels
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
@@ -281,6 +289,8 @@ class Run:
                 loss.backward()
             self.opt.step()
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             return loss.item(), (logits.argmax(1) == y).sum().item()
 
         return step
@@ -304,7 +314,7 @@ def stderr_is_terminal() -> bool:
     return bool(isatty and isatty())
 
 
-def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None = None,
+def fit(cfg: TrainConfig, resume: str | Path | Resumed | None = None, data: Dataset | None = None,
         progress: bool = True, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
         overwrite: bool = False) -> dict[str, Any]:
     """Train as `cfg` says; write the run folder; return metrics.json's content.
@@ -343,12 +353,13 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, data: Dataset | None
         return _fit(cfg, resume, data, progress, log, overwrite, world, device)
 
 
-def _fit(cfg: TrainConfig, resume: str | Path | None, data: Dataset, progress: bool, log: Callable[[str], None],
+def _fit(cfg: TrainConfig, resume: str | Path | Resumed | None, data: Dataset, progress: bool, log: Callable[[str], None],
          overwrite: bool, world: World, device: torch.device) -> dict[str, Any]:
     run = Run(cfg, data, device, world)
     if resume:
-        run.restore(Path(resume), log)
-        log(f"resuming {resume} after epoch {run.epoch}/{cfg.epochs}")
+        resumed = resume if isinstance(resume, Resumed) else read_resume(resume, log)
+        run.restore(resumed, log)
+        log(f"resuming {resumed.path} after epoch {run.epoch}/{cfg.epochs}")
     elif not overwrite and all_sum([world.main and any((run.out / f).exists() for f in (  # rank 0's folder
             "model.safetensors", "last.safetensors"))], device, world)[0]:  # every rank refuses alike
         raise LenetError(f"{run.out} already holds a run: --resume it, pick another --out, or pass --overwrite")
@@ -376,7 +387,7 @@ def _fit(cfg: TrainConfig, resume: str | Path | None, data: Dataset, progress: b
             while run.epoch < cfg.epochs:
                 row = run.train_epoch(step, progress)
                 run.epoch += 1
-                val = evaluate(run.model, run.spec, select_images, select_labels, cfg.eval_batch_size,
+                val = evaluate(run.evaluated, run.spec, select_images, select_labels, cfg.eval_batch_size,
                                len(data.class_names), world) if len(select_labels) else None
                 row = {"epoch": run.epoch, **row, "val_loss": val["loss"] if val else None,
                        "val_accuracy": val["accuracy"] if val else None,
@@ -387,7 +398,7 @@ def _fit(cfg: TrainConfig, resume: str | Path | None, data: Dataset, progress: b
                 if val is None or val["accuracy"] > run.best:  # no validation: keep the last epoch
                     run.best, run.best_epoch = (val["accuracy"] if val else None), run.epoch
                     if world.main:
-                        save_checkpoint(run.out / "model.safetensors", run.model,
+                        save_checkpoint(run.out / "model.safetensors", run.evaluated,
                                         run.meta({"best_val_accuracy": run.best, "epoch": run.epoch}))
                 run.save_last()
                 if world.main:
