@@ -38,7 +38,7 @@ from lenet.data import load_dataset  # noqa: E402
 from lenet.export import export_onnx  # noqa: E402
 from lenet.layers import LeNet5BN, layer_by_layer, normalise_relu_pool  # noqa: E402
 from lenet.predict import predict_command  # noqa: E402
-from lenet.prepare import cores  # noqa: E402
+from lenet.distributed import cpu_cores  # noqa: E402
 from lenet.train import evaluate  # noqa: E402
 
 FOLDER_KINDS = ("fonts", "canvas", "scans", "light-on-dark")
@@ -122,7 +122,7 @@ def measure(args) -> dict:
     med = {name: statistics.median(v) for name, v in seconds.items()}
     result = {"images": len(labels), "files": files, "repeats": args.repeats, "threads": args.threads or 0,
               "torch_threads": torch.get_num_threads(),
-              "cores": cores(), "model": meta["model"], **sizes}
+              "cores": cpu_cores(), "model": meta["model"], **sizes}
     for name in torch_models:
         result[f"torch_{name}_seconds"] = round(med[f"torch_{name}"], 4)
         result[f"torch_{name}_accuracy"] = accuracy[f"torch_{name}"]

@@ -409,9 +409,9 @@ def test_worker_processes_give_the_same_answers_in_input_order(checkpoint, tmp_p
     marked.putpixel((1, 0), 254)
     marked.save(folder / "09.png")
     monkeypatch.setattr(prepare_module, "preprocess", fragile_preprocess)
-    monkeypatch.setattr(prepare_module, "cores", lambda: 1)
+    monkeypatch.setattr(prepare_module, "cpu_cores", lambda: 1)
     one = run([folder], checkpoint)
-    monkeypatch.setattr(prepare_module, "cores", lambda: 2)
+    monkeypatch.setattr(prepare_module, "cpu_cores", lambda: 2)
     used = []
     real_init = prepare_module.Preparer.__init__
 
@@ -442,7 +442,7 @@ def test_a_worker_that_dies_does_not_sink_the_others(checkpoint, tmp_path, monke
         return preprocess(img, mode)
 
     monkeypatch.setattr(prepare_module, "preprocess", crashing)
-    monkeypatch.setattr(prepare_module, "cores", lambda: 2)
+    monkeypatch.setattr(prepare_module, "cpu_cores", lambda: 2)
     code, rows, err = run([folder], checkpoint)
     assert code == 0 and err == "" and [Path(r["path"]).name for r in rows] == [f"{i}.png" for i in range(10)]
 

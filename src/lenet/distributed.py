@@ -22,6 +22,14 @@ import torch
 from lenet.errors import Interrupted, LenetError
 
 
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
 @dataclass(frozen=True)
 class World:
     rank: int = 0
@@ -136,8 +144,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     from torch.distributed.run import parse_args, run
 
     # torchrun would set 1 thread per process, with a warning; fit() gives each cores / N anyway.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
     # The children say what went wrong in one line each; the launcher's own log would repeat it.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "lenet"])

@@ -29,6 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from lenet.distributed import cpu_cores
 from lenet.errors import LenetError
 from lenet.imagefile import open_image
 from lenet.preprocess import MODES, Preprocessed, preprocess
@@ -36,14 +37,6 @@ from lenet.preprocess import MODES, Preprocessed, preprocess
 WINDOW = 512  # files handed to the workers ahead of the one whose result is awaited
 TASK = 8  # files per task sent to a worker
 MIN_FILES = 8  # fewer files are prepared in the main process (starting workers costs more)
-
-
-def cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -112,7 +105,7 @@ class Preparer:
     number instead: 1 = the main process only)."""
 
     def __init__(self, n_files: int, workers: int | None = None):
-        n = min(workers or cores(), n_files)
+        n = min(workers or cpu_cores(), n_files)
         self.pool = None
         if n > 1 and (workers or n_files >= MIN_FILES) and sys.platform.startswith("linux"):  # fork: Linux only
             with contextlib.suppress(OSError, ValueError):  # a closed or broken stdout: nothing to copy either

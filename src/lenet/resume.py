@@ -6,7 +6,8 @@ continues exactly where the run stopped or refuses with one line, never a traceb
 The state is compared with what a fresh run of the same config would hold: the epoch counters
 and history, both RNG states (uint8, torch's length), the optimizer's parameter groups (as many
 parameters) and per-parameter tensors (the parameters' shapes, finite), the schedule's step (the
-one the epoch implies), the weights' average (with --ema), and each rank's RNG states of a data-parallel run (one per process).
+one the epoch implies), the weights' average (with --ema), and each rank's RNG states of a
+data-parallel run (one per process).
 The saved config must be an object of known, valid fields.
 The saved `data_root` is not used: data comes from `--data-root` or the default root (every
 file is checked by SHA-256 either way), so a file cannot choose where `--resume` fetches to.

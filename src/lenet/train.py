@@ -15,7 +15,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import signal
 import sys
 import time
@@ -33,8 +32,8 @@ from lenet.augment import AugmentConfig, augment_batch
 from lenet.checkpoint import build_model, save_checkpoint
 from lenet.config import TrainConfig, check, check_resumable, to_dict
 from lenet.data import Dataset, load_dataset, split_indices
-from lenet.distributed import (World, all_sum, all_sum_tensor, broadcast_module, env_world, gather_states,
-                               local_slice, process_group, under_launcher)
+from lenet.distributed import (World, all_sum, all_sum_tensor, broadcast_module, cpu_cores, env_world,
+                               gather_states, local_slice, process_group, under_launcher)
 from lenet.errors import Interrupted, LenetError
 from lenet.fileio import write_json, write_text
 from lenet.models import ModelSpec, count_parameters, create_model, prepare_input
@@ -43,14 +42,6 @@ from lenet.resume import Resumed, check_state, read_resume
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "seconds", "images_per_second")
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:
