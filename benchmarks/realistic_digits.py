@@ -1,6 +1,7 @@
 """Realistic digit images made the way users make them, and the accuracy on them.
 
     python benchmarks/realistic_digits.py [--checkpoint C] [--n 500] [--seed 0] [--grid PNG]
+    python benchmarks/realistic_digits.py --checkpoint fashion-mnist   # what a garment model flags
 
 Four categories, each balanced over the ten digits, deterministic for a seed:
   fonts          digits in handwriting fonts (Debian's fonts-* packages, see FONT_FILES),
@@ -22,7 +23,9 @@ Prints, per category, the accuracy of our preprocessing and of the tutorials' ba
 "resize to 28x28 and invert" with the same model, how many were "no digit found" and how
 many refused (status not_a_digit or no_digit). Then generated non-digits (the share flagged:
 any status but ok) and numbers of 2..8 MNIST test digits (whole numbers read right, apart
-and touching; MNIST is fetched through lenet's offline chain).
+and touching; MNIST is fetched through lenet's offline chain). For a model of other classes
+(--checkpoint fashion-mnist): the non-digits and MNIST digits it flags, and how much of its
+own test set it refuses.
 With fewer fonts installed it says so and uses what it finds (matplotlib's DejaVu at least):
 
     apt-get install fonts-bwht fonts-comic-neue fonts-dancingscript fonts-kaushanscript \
@@ -458,6 +461,22 @@ def print_mnist(predictor, root) -> None:
         print(f"MNIST {name:<15}{len(imgs):>6}{right:>9.1%}{'':>10}{'':>10}{refused:>9.2%}", flush=True)
 
 
+def print_non_items(predictor, n: int, seed: int, root) -> None:
+    """A model of other classes (Fashion-MNIST): generated non-digits and the first n MNIST test
+    digits (dark on white) flagged (any status but ok), its own test set refused."""
+    from lenet.data import load_dataset
+
+    print_nondigits(predictor, n, seed)
+    digits = load_dataset("mnist", root).test_images.numpy()[:n]
+    flagged = [r["status"] != "ok" for r in predictor.predict_images([Image.fromarray(255 - x) for x in digits], 1)]
+    print(f"{'MNIST digits':<15}{len(flagged):>6}  flagged {sum(flagged) / len(flagged):.1%}")
+    own = load_dataset(predictor.dataset, root)
+    results = predictor.predict_images([Image.fromarray(x) for x in own.test_images.numpy()], top_k=1)
+    right = sum(r["prediction"] == y for r, y in zip(results, own.test_labels.tolist())) / len(results)
+    refused = sum(r["status"] in ("not_a_digit", "no_digit") for r in results) / len(results)
+    print(f"{predictor.dataset + ' test':<15}{len(results):>6}  read {right:.1%}, refused {refused:.2%}")
+
+
 def print_numbers(predictor, n: int, seed: int, root) -> None:
     """Numbers of 2..8 MNIST *test* digits (lenet.synthetic.compose_number): whole-number
     accuracy with every digit apart, and with every neighbour pair touching."""
@@ -496,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                                           if families else " (no handwriting fonts installed: DejaVu only)"))
     predictor = Predictor(args.checkpoint)
     print(f"model: {predictor.meta['path']} ({predictor.model_name}, {predictor.dataset})")
+    if not predictor.digits:  # a model of other things: what it flags as "none of these"
+        print_non_items(predictor, args.n, args.seed, args.data_root)
+        return 0
     print(f"{'category':<15}{'n':>6}{'ours':>9}{'baseline':>10}{'no digit':>10}{'refused':>9}")
     total = {"n": 0, "ours": 0.0, "baseline": 0.0, "no_digit": 0, "refused": 0}
     samples = {}

@@ -88,10 +88,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "best": {"model": "lenet5-bn", "model_args": {"c1": 12, "c3": 24, "dropout": 0.1}, "epochs": 45,
              "batch_size": 128, "lr": 4e-3, "elastic_alpha": 2.0, "thickness": 0.3,
              "label_smoothing": 0.05, "ema": 0.999, "out": "runs/best"},
-    # Fashion-MNIST: no rotation/shear (clothes are upright), mild shift/zoom. (Adding --flip and --ema 0.999
-    # measured worse: 92.21 +- 0.04% over 3 seeds, against 92.42% for seed 0 without them.)
+    # Fashion-MNIST: no rotation/shear (clothes are upright), mild shift/zoom, 40 epochs (92.62 +- 0.38% over
+    # 3 seeds; 25 epochs gave 92.42% for seed 0). (Adding --flip and --ema 0.999 at 25 epochs measured worse:
+    # 92.21 +- 0.04% over 3 seeds.)
     "fashion": {"model": "lenet5-bn", "dataset": "fashion-mnist", "model_args": {"c1": 12, "c3": 24, "dropout": 0.2},
-                "epochs": 25, "lr": 4e-3, "rotate": 0.0, "shear": 0.0, "scale": 0.05, "shift": 0.06,
+                "epochs": 40, "lr": 4e-3, "rotate": 0.0, "shear": 0.0, "scale": 0.05, "shift": 0.06,
                 "label_smoothing": 0.05, "out": "runs/fashion"},
 }
 

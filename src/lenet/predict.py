@@ -140,12 +140,17 @@ class Predictor:
         """An image of a handwritten number -> {"number", "status", "digits": [...]}."""
         if not self.digits:
             raise LenetError(f"--number reads digits; this model's classes are {', '.join(self.class_names[:4])}, ...")
-        return self.number_answer(*read_number(as_image(x), self.top_probability))
+        return self.number_answer(*read_number(as_image(x), self.digit_score))
 
-    def top_probability(self, items: list[Preprocessed]) -> list[float]:
-        """The calibrated probability of the top class of each found image (0 for blanks)."""
+    def digit_score(self, items: list[Preprocessed]) -> list[float]:
+        """How surely each image is one digit: its calibrated top probability times the
+        detector's p(a digit at all) (0 for blanks); read_number's score for candidate digits."""
         found = [p for p in items if p.image is not None]
-        top = self.infer(found)[1].max(dim=1).values.tolist() if found else []
+        if not found:
+            return [0.0] * len(items)
+        _, probs, feats = self.infer(found)
+        p_not = self.trust.not_digit_probability(feats)
+        top = (probs.max(dim=1).values * (1.0 if p_not is None else 1.0 - p_not)).tolist()
         return [top.pop(0) if p.image is not None else 0.0 for p in items]
 
     def number_answer(self, digits: list[Preprocessed], reason: str | None) -> dict:
@@ -282,7 +287,7 @@ def read_number_of(item: tuple, predictor: Predictor) -> tuple[tuple | None, str
             raise LenetError(error)
         with c_stderr_off():
             img = open_image(file, shown)
-        return read_number(img, predictor.top_probability), None
+        return read_number(img, predictor.digit_score), None
     except Exception as exc:  # noqa: BLE001 - a bug met on one file must not sink the others
         return None, error_line(shown, exc)
 

@@ -5,7 +5,8 @@ anti-aliasing and placed in 28x28 so their centre of mass is at the centre. A ph
 or a canvas drawing is none of that, so `preprocess` rebuilds it step by step, all as array
 operations on an image first reduced to at most WORK_SIDE pixels:
 
-  grayscale (transparency counts as paper) -> the paper as a smooth surface fitted
+  a viewer's "nearest" enlargement of a small scan undone -> grayscale (transparency
+  counts as paper) -> the paper as a smooth surface fitted
   robustly (kills tint, lighting gradients, vignetting) -> polarity (dark or light ink) ->
   ink map, noise level, contrast (Otsu), threshold -> ruled lines off -> connected
   components (drops speckle, ruling lines, the desk around a sheet) -> crop -> stroke
@@ -65,6 +66,10 @@ DESK_FRAME = 0.5  # share of the image's border a desk frame covers (a tight dig
 # continuously: just past the limit to the limit, far past it further in (see _target_width).
 WIDTH_LO, WIDTH_HI = 1.8, 4.4
 NO_DIGIT = "no digit found"
+# A small scan enlarged by a viewer's "nearest" filter repeats each pixel k x k times: undone
+# exactly (undo_pixel_repeat), the later stages see the scan's own pixels, not staircases.
+REPEAT_MAX_SIDE = 2048  # larger images are not checked (a photo is never a pixel-repeated scan)
+REPEAT_MIN_SIDE = 3  # the reduced image keeps at least this many pixels per side
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,33 @@ def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
     if factor > 1:
         img = img.reduce(factor)  # before the grey conversion: less to convert
     return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def pixel_repeat(img: Image.Image) -> int:
+    """k when every pixel of the image is repeated in k x k blocks aligned to its corner (a
+    small image enlarged k times by nearest neighbour), else 1.
+
+    k is the greatest common divisor of the positions where a column or row differs from the
+    one before it, and must divide both sides.
+    """
+    w, h = img.size
+    if max(w, h) > REPEAT_MAX_SIDE or min(w, h) < 2 * REPEAT_MIN_SIDE:
+        return 1
+    a = np.asarray(img)
+    a = a.reshape(h, w, -1)  # (H, W, channels) for every mode
+    cols = np.flatnonzero((a[:, 1:] != a[:, :-1]).any(axis=(0, 2))) + 1  # first column of each new run
+    rows = np.flatnonzero((a[1:] != a[:-1]).any(axis=(1, 2))) + 1
+    if len(cols) == 0 and len(rows) == 0:
+        return 1  # one colour: nothing to undo
+    k = int(np.gcd.reduce(np.concatenate([cols, rows, [w, h]])))
+    return k if k >= 2 and min(w, h) // k >= REPEAT_MIN_SIDE else 1
+
+
+def undo_pixel_repeat(img: Image.Image) -> Image.Image:
+    """The image at 1/k of its size when it is a k-times nearest-neighbour enlargement (exact:
+    each block is one pixel), else the image itself."""
+    k = pixel_repeat(img)
+    return img if k == 1 else img.resize((img.width // k, img.height // k), Image.Resampling.NEAREST)
 
 
 def _deep_gray(img: Image.Image, factor: int) -> np.ndarray:
@@ -232,7 +264,7 @@ class InkImage:
 def find_ink(img: Image.Image, mode: Mode = DIGITS, side: int = WORK_SIDE) -> InkImage | Preprocessed:
     """The paper, contrast and ink stages: an image -> its ink at <= `side` px, or a
     Preprocessed with no image and the reason when no ink stands out of the paper."""
-    gray = to_gray(img, side)  # (H, W), long side <= side
+    gray = to_gray(undo_pixel_repeat(img), side)  # (H, W), long side <= side; a "nearest" k-times enlargement at 1/k
     paper = estimate_paper(gray, mode)
     ink, smooth, noise_s = ink_map(gray, paper)  # (H, W) each
     contrast = ink_contrast(smooth, noise_s)

@@ -9,6 +9,13 @@ images: on a canvas or paper of 64..320 px, black, coloured or light ink, pen wi
 hairline to a marker, sometimes noisy or blurred. Image i depends only on (seed, i), so a
 calibration split and a test split are two seeds. Letters come from the fonts found on
 this machine (matplotlib's DejaVu at least).
+
+    from lenet.synthetic import typed_digits
+    images, labels = typed_digits(1000, seed=0)  # (28, 28) uint8 MNIST-style digits from fonts
+
+Typed digits are the other side of the same coin: letters come from fonts, so a detector
+that saw only handwritten digits would learn "drawn by a font = not a digit" and refuse
+printed and typed digits (receipts, screenshots, small scans of forms).
 """
 
 from __future__ import annotations
@@ -135,6 +142,63 @@ def font_files() -> list[Path]:
     for folder in FONT_DIRS:
         if folder.is_dir():
             found += sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))[:200]
+    return found
+
+
+def typed_digits(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """n digits (digit i % 10) drawn by the fonts on this machine that have digit glyphs,
+    MNIST-style: white on black (28, 28) uint8, the ink fitted in a 20 px box and centred by
+    its mass; a random weight (thinner or bolder), slant and rotation each."""
+    fonts = digit_fonts()
+    return [typed_digit(np.random.default_rng([seed, i]), i % 10, fonts) for i in range(n)], [i % 10 for i in range(n)]
+
+
+def typed_digit(rng: np.random.Generator, digit: int, fonts: list[Path]) -> np.ndarray:
+    """One digit in a random font of `fonts`, weight, slant and turn -> (28, 28) uint8 white on black."""
+    font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), 96)
+    mask = Image.new("L", (192, 192), 0)
+    ImageDraw.Draw(mask).text((96, 96), str(digit), fill=255, font=font, anchor="mm")
+    weight = rng.integers(3)  # as drawn, thinner, bolder (a 5 px filter on a ~96 px glyph)
+    if weight == 2:
+        mask = mask.filter(ImageFilter.MaxFilter(5))
+    elif weight == 1:  # thinner, unless that erases a light font's hairlines
+        thin = mask.filter(ImageFilter.MinFilter(5))
+        if np.asarray(thin, np.float32).sum() > 0.5 * np.asarray(mask, np.float32).sum():
+            mask = thin
+    slant = rng.uniform(-0.25, 0.25)  # x shifts by slant * (y - centre): italic or back-slanted
+    mask = mask.transform(mask.size, Image.Transform.AFFINE, (1, slant, -slant * 96, 0, 1, 0),
+                          Image.Resampling.BILINEAR)
+    mask = mask.rotate(rng.uniform(-8, 8), Image.Resampling.BILINEAR)
+    box = mask.getbbox() or (0, 0, mask.width, mask.height)
+    ink = mask.crop(box)
+    scale = 20 / max(ink.size)
+    ink = ink.resize((max(1, round(ink.width * scale)), max(1, round(ink.height * scale))), Image.Resampling.LANCZOS)
+    a = np.asarray(ink, np.float32)  # (h, w) <= (20, 20)
+    ys, xs = np.indices(a.shape)
+    cy, cx = (ys * a).sum() / max(a.sum(), 1e-6), (xs * a).sum() / max(a.sum(), 1e-6)
+    top, left = int(np.clip(round(14 - cy), 0, 28 - a.shape[0])), int(np.clip(round(14 - cx), 0, 28 - a.shape[1]))
+    out = np.zeros((28, 28), np.uint8)
+    out[top:top + a.shape[0], left:left + a.shape[1]] = np.clip(a, 0, 255).astype(np.uint8)
+    return out
+
+
+@lru_cache(maxsize=1)
+def digit_fonts() -> list[Path]:
+    """The fonts of font_files() whose digits are glyphs of their own (not a missing-glyph box)."""
+    def mask(font: ImageFont.FreeTypeFont, text: str) -> bytes:
+        img = Image.new("L", (64, 64), 0)
+        ImageDraw.Draw(img).text((32, 32), text, fill=255, font=font, anchor="mm")
+        return img.tobytes()
+
+    found = []
+    for path in font_files():
+        try:
+            font = ImageFont.truetype(str(path), 40)
+            shapes = {mask(font, str(d)) for d in range(10)}
+        except OSError:
+            continue
+        if len(shapes) == 10:  # ten different shapes: real digits
+            found.append(path)
     return found
 
 

@@ -102,9 +102,9 @@ def prepare(predictor: Predictor, job: Job, max_pixels: int) -> Preprocessed | D
 
 
 def model_scores(predictor: Predictor, items: list[Preprocessed]) -> list[float]:
-    """read_number's score (the model's top probability for each candidate); a failure is the model's: 503."""
+    """read_number's score (how surely each candidate is a digit); a failure is the model's: 503."""
     try:
-        return predictor.top_probability(items)
+        return predictor.digit_score(items)
     except Exception as exc:
         log.warning("the model failed on an upload", exc_info=True)
         raise PredictionError(f"upload: the model failed on this image ({type(exc).__name__}: {exc})", 503) from None
