@@ -261,7 +261,7 @@ def test_broken_parts_of_one_digit_merge_and_specks_go():
     assert len(merged) == 2 and sorted(len(c.xs) for c in merged) == [180, 200]
 
 
-def test_touching_digits_are_split_at_their_thinnest_column():
+def test_without_a_model_only_a_surely_wide_candidate_is_cut():
     def touching(n: int) -> Candidate:
         ys, xs = np.nonzero(np.asarray(number_image([ZERO] * n, gap=-10)) < 128)
         return Candidate(ys, xs, float(len(ys)))
@@ -479,7 +479,7 @@ def test_calibration_keeps_typed_and_handwritten_digits(embedded, monkeypatch):
     report = trust.report
     assert report["digits_refused"] <= 0.02 and report["nondigits_refused"] >= 0.75, report
     assert report["held_out_digits"] > 1000  # half of 2 x 1000 handed-over and 600 typed digits, found
-    typed, _ = typed_digits(300, seed=77)  # fonts and styles the fit never drew (another seed)
+    typed, _ = typed_digits(300, seed=77)  # another seed: other font, weight and slant per digit than the fit drew
     probe = Predictor()
     probe.trust = trust
     results = probe.predict_images([Image.fromarray(255 - x) for x in typed])
