@@ -162,6 +162,9 @@ def pixel_repeat(img: Image.Image) -> int:
     w, h = img.size
     if max(w, h) > REPEAT_MAX_SIDE or min(w, h) < 2 * REPEAT_MIN_SIDE:
         return 1
+    rows01, cols01 = np.asarray(img.crop((0, 0, w, 2))), np.asarray(img.crop((0, 0, 2, h)))
+    if not (np.array_equal(rows01[0], rows01[1]) and np.array_equal(cols01[:, 0], cols01[:, 1])):
+        return 1  # a block of k >= 2 starts at the corner: rows 0 and 1 (and columns) are equal; a photo's are not
     a = np.asarray(img)
     a = a.reshape(h, w, -1)  # (H, W, channels) for every mode
     cols = np.flatnonzero((a[:, 1:] != a[:, :-1]).any(axis=(0, 2))) + 1  # first column of each new run
