@@ -289,6 +289,8 @@ def test_touching_digits_are_segmented_by_what_the_model_reads():
     part, found = touching(2)
     assert len(split_wide([part], found, lambda items: [0.95] * len(items))) == 1  # read surely as one: kept
     assert len(split_wide([part], found, lambda items: [0.5] * len(items))) == 1  # unclear pieces: no split
+    part, found = touching(4)  # over SURE_WIDE heights: with no clear split, shape alone cuts it
+    assert len(split_wide([part], found, lambda items: [0.0] * len(items))) >= 2
 
 
 def preprocess_ink(img):

@@ -8,10 +8,11 @@ out: the config's seed and val_size), each handed over the way people do (as sto
 inverted, tightly cropped, enlarged and blurred, thickened or thinned, scanned small), and
 for a digit model typed digits too (lenet.synthetic.typed_digits), all put through
 preprocessing. Non-digits come from lenet.synthetic (for a model of other classes, MNIST
-digits are non-items too). Each source is cut in two: the first halves fit the temperature
-and the detector, the second halves choose the detector's threshold (at most REFUSE_RATE
-of held-out digits refused; REFUSE_RATE_OBJECTS of a garment model's items) and give the
-rates reported in the "trust" metadata.
+digits are non-items too). The temperature is fitted on all held-out digits. Each source is
+cut in two: the first halves fit the detector, the second halves choose its threshold (at
+most REFUSE_RATE of held-out digits, handwritten and typed together, refused;
+REFUSE_RATE_OBJECTS of a garment model's items) and give the rates reported in the "trust"
+metadata.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ class Candidate:
 
 def read_number(img: Image.Image, score: Score | None = None) -> tuple[list[Preprocessed], str | None]:
     """An image of a number -> (one Preprocessed per digit, left to right, each with its box in
-    the input's pixels; the reason when there are none). `score` (the model's top probability
-    for each of a list of inputs) decides the splits that shape alone cannot."""
+    the input's pixels; the reason when there are none). `score` (how surely each of a list of
+    inputs is one digit: Predictor.digit_score) decides the splits that shape alone cannot."""
     found = find_ink(img, DIGITS, side=NUMBER_SIDE)
     if isinstance(found, Preprocessed):
         return [], found.reason
@@ -164,7 +164,8 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     digit). A whole read at SURELY_ONE stays whole; otherwise the split whose runs' scores,
     times SPLIT_PRIOR per digit and a width prior, multiply to the most wins (dynamic
     programming over the cut places), where every digit of a split must score SURE_PIECE (the
-    model is often sure of a fragment too). The whole is a choice unless surely too wide.
+    model is often sure of a fragment too). The whole is a choice unless surely too wide; a
+    surely too wide candidate with no clear split is cut by shape alone.
     Tuned on numbers of MNIST test digits with another seed than the tests' and benchmark's.
     """
     top, bottom, left, right = part.box
@@ -175,6 +176,8 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     if score is None:
         halves = _cut(part) if ratio > SURE_WIDE else None
         return [part] if halves is None else [d for half in halves for d in _segment(half, found, typical, None)]
+    if ratio <= SURE_WIDE and score([digit_input(found, part)])[0] >= SURELY_ONE:
+        return [part]  # read as one digit with confidence: no split outweighs that (and no runs to score)
     points = [left, *_cut_places(part, height), right]
     runs = {(i, j): _columns(part, points[i], points[j]) for i in range(len(points)) for j in range(i + 1, len(points))
             if RUN_WIDTH[0] * height <= points[j] - points[i] <= RUN_WIDTH[1] * height
@@ -185,14 +188,14 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     keys = list(runs)
     scores = np.asarray(score([digit_input(found, runs[k]) for k in keys]), np.float64)
     whole = (0, len(points) - 1)
-    if whole in runs and scores[keys.index(whole)] >= SURELY_ONE:
-        return [part]  # read as one digit with confidence: no split outweighs that
     logs = np.log(np.maximum(scores, 1e-9)) + np.log(SPLIT_PRIOR)
     logs[(scores < SURE_PIECE) & np.array([k != whole for k in keys])] = -np.inf  # a split's digits must each be clear
     widths = np.array([(runs[k].box[3] - runs[k].box[2]) / height for k in keys])
     logs -= (np.maximum(widths - USUAL_WIDTH, 0.0) / WIDTH_FALLOFF) ** 2  # a digit wider than usual is less likely
     path = _best_path(keys, logs, len(points))
-    return [runs[k] for k in path] if path else [part]
+    if path:
+        return [runs[k] for k in path]
+    return [part] if ratio <= SURE_WIDE else _segment(part, found, typical, None)  # surely too wide: shape decides
 
 
 def _best_path(keys: list[tuple[int, int]], logs: np.ndarray, points: int) -> list[tuple[int, int]] | None:
