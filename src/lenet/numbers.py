@@ -176,7 +176,8 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     if score is None:
         halves = _cut(part) if ratio > SURE_WIDE else None
         return [part] if halves is None else [d for half in halves for d in _segment(half, found, typical, None)]
-    if ratio <= SURE_WIDE and score([digit_input(found, part)])[0] >= SURELY_ONE:
+    whole_score = score([digit_input(found, part)])[0] if ratio <= SURE_WIDE else None
+    if whole_score is not None and whole_score >= SURELY_ONE:
         return [part]  # read as one digit with confidence: no split outweighs that (and no runs to score)
     points = [left, *_cut_places(part, height), right]
     runs = {(i, j): _columns(part, points[i], points[j]) for i in range(len(points)) for j in range(i + 1, len(points))
@@ -185,9 +186,10 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     runs = {key: run for key, run in runs.items() if run is not None}
     if not runs:
         return [part]
-    keys = list(runs)
-    scores = np.asarray(score([digit_input(found, runs[k]) for k in keys]), np.float64)
     whole = (0, len(points) - 1)
+    keys = [k for k in runs if k != whole] + ([whole] if whole in runs else [])  # the whole last: scored already
+    scores = np.asarray(score([digit_input(found, runs[k]) for k in keys if k != whole])
+                        + ([whole_score] if whole in runs else []), np.float64)
     logs = np.log(np.maximum(scores, 1e-9)) + np.log(SPLIT_PRIOR)
     logs[(scores < SURE_PIECE) & np.array([k != whole for k in keys])] = -np.inf  # a split's digits must each be clear
     widths = np.array([(runs[k].box[3] - runs[k].box[2]) / height for k in keys])
