@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from lenet.cli import main
 from lenet.datafiles import DATASETS, ROLES
+from lenet.distributed import World, process_group
 
 SITE = Path(__file__).parent / "distributed_site"
 RUN_FILES = {"config.json", "history.csv", "last.safetensors", "model.safetensors", "metrics.json", "curves.png"}
@@ -154,3 +155,31 @@ def test_resume_on_another_number_of_processes_warns(synthetic_mnist_root, tmp_p
                         str(synthetic_mnist_root), "--resume", "run/last.safetensors", "--no-progress"), tmp_path)
     warnings = [line for line in done.stderr.splitlines() if "process(es), resuming on 2" in line]
     assert len(warnings) == 1, done.stderr[-2000:]
+
+
+@pytest.fixture
+def recorded_group(monkeypatch) -> list[str]:
+    """torch.distributed's group calls, recorded instead of made (no other process to meet)."""
+    import torch.distributed as dist
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.append("init"))
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+    return calls
+
+
+def test_ranks_meet_before_the_group_is_torn_down(recorded_group):
+    """A rank that finished waits for the others (rank 0 writes files last) before it leaves:
+    one that left early once made the other abort at exit on a busy machine."""
+    with process_group(World(rank=1, size=2), torch.device("cpu")):
+        recorded_group.append("work")
+    assert recorded_group == ["init", "work", "barrier", "destroy"]
+
+
+def test_a_failing_rank_leaves_without_waiting(recorded_group):
+    """The others may be gone already: waiting for them would hang."""
+    with pytest.raises(RuntimeError), process_group(World(rank=0, size=2), torch.device("cpu")):
+        raise RuntimeError("broken")
+    assert recorded_group == ["init", "destroy"]

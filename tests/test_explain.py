@@ -118,3 +118,22 @@ def test_c3_kernels_show_the_partial_connection_table(tmp_path):
         return int((np.abs(rgb - 0xDD).max(axis=2) <= 2).sum())
 
     assert grey("lenet5") > grey("lenet5-tanh-avgpool") + 20_000  # 36 of 96 kernels absent
+
+
+def test_stages_of_a_nearest_enlargement_are_shown_at_the_size_the_pipeline_reads():
+    """A 14 px digit enlarged 8x by "nearest": the stages after the undo are at 14 px, like the
+    ink found, so every picture lines up with the next one."""
+    from lenet.explain import image_steps
+    from lenet.preprocess import DIGITS
+
+    small = Image.new("L", (14, 14), 255)
+    ImageDraw.Draw(small).line([(4, 3), (10, 3), (6, 11)], fill=0, width=2)
+    blocky = small.resize((112, 112), Image.Resampling.NEAREST)
+    steps, image = image_steps(blocky, DIGITS)
+    shapes = {title.split(" (")[0]: picture.shape[:2] for title, picture in steps}
+    assert shapes["original 112x112"] == (112, 112)
+    assert shapes["enlargement undone 14x14"] == (14, 14)
+    assert shapes["grey 14x14"] == shapes["paper removed"] == shapes["ink found"] == (14, 14)
+    assert image.shape == (1, 28, 28)
+    smooth_steps, _ = image_steps(small.resize((112, 112), Image.Resampling.BILINEAR), DIGITS)
+    assert not any("undone" in title for title, _ in smooth_steps)  # only an exact enlargement is undone

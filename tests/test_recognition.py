@@ -138,6 +138,16 @@ def test_a_nearest_enlargement_is_undone_exactly(mode, k):
     assert np.array_equal(np.asarray(undo_pixel_repeat(big)), np.asarray(small))
 
 
+def test_an_enlargement_with_ink_away_from_the_middle_is_still_found():
+    """The rows and columns across the middle are checked first; where they are blank (or agree
+    with k) the whole image decides."""
+    small = np.full((12, 12), 255, np.uint8)
+    small[1:3, 1:4] = 0  # ink only in the top-left corner
+    assert pixel_repeat(Image.fromarray(small).resize((36, 36), Image.Resampling.NEAREST)) == 3
+    small[6, 6] = 0  # a dot in the middle: the middle rows change at 18 and 21, the whole decides
+    assert pixel_repeat(Image.fromarray(small).resize((36, 36), Image.Resampling.NEAREST)) == 3
+
+
 def test_images_that_only_look_blocky_are_left_alone():
     a = np.full((40, 40), 255, np.uint8)
     a[10:30, 10:30] = 0  # a square at multiples of 10, but a 1 px line at an odd column
@@ -291,6 +301,18 @@ def test_touching_digits_are_segmented_by_what_the_model_reads():
     assert len(split_wide([part], found, lambda items: [0.5] * len(items))) == 1  # unclear pieces: no split
     part, found = touching(4)  # over SURE_WIDE heights: with no clear split, shape alone cuts it
     assert len(split_wide([part], found, lambda items: [0.0] * len(items))) >= 2
+
+
+def test_a_surely_wide_candidate_without_cut_places_is_cut_by_shape():
+    """Ink that thickens steadily to the right (no column thinner than its neighbours) and is
+    twice as wide as tall: no run may be one digit, so shape alone cuts it, as without a model."""
+    counts = 1 + np.arange(200) // 2  # ink pixels in column j: 1, 1, 2, 2, ..., 100
+    xs = np.repeat(np.arange(200), counts)
+    ys = np.concatenate([np.arange(c) for c in counts])  # the box is 100 tall, 200 wide
+    wedge = Candidate(ys, xs, float(len(xs)))
+    asked = []
+    pieces = split_wide([wedge], None, lambda items: asked.append(len(items)) or [0.99] * len(items))
+    assert len(pieces) == 2 and sum(len(p.xs) for p in pieces) == len(xs) and not asked
 
 
 def preprocess_ink(img):

@@ -82,6 +82,14 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     dist.init_process_group(backend, rank=world.rank, world_size=world.size)
     try:
         yield
+    except BaseException:
+        dist.destroy_process_group()  # this rank failed: the others may be gone, wait for none
+        raise
+    try:
+        # Every rank waits here until all are done (rank 0 writes its files last): a rank that
+        # tore its connections down while another still used them could abort the latter
+        # ("terminate called without an active exception", seen once in CI on 2 busy cores).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

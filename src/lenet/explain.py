@@ -40,6 +40,7 @@ from lenet.preprocess import (
     ink_map,
     preprocess,
     to_gray,
+    undo_pixel_repeat,
 )
 from lenet.report import save_figure
 
@@ -279,7 +280,11 @@ def image_steps(img: Image.Image, mode) -> tuple[list[tuple[str, np.ndarray]], t
     lenet.preprocess's own stage functions."""
     shown = img.convert("RGBA") if "A" in img.mode or "transparency" in img.info else img.convert("RGB")
     steps = [(f"original {img.width}x{img.height}", np.asarray(shown))]
-    gray = to_gray(img)
+    seen = undo_pixel_repeat(img)  # what find_ink reads: a "nearest" k-times enlargement at 1/k
+    if seen is not img:
+        steps.append((f"enlargement undone {seen.width}x{seen.height} (undo_pixel_repeat)",
+                      np.asarray(seen.convert(shown.mode))))
+    gray = to_gray(seen)
     steps.append((f"grey {gray.shape[1]}x{gray.shape[0]} (to_gray)", gray))
     paper = estimate_paper(gray, mode)
     steps.append(("paper (estimate_paper)", paper.level))

@@ -185,7 +185,7 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
             or (i == 0 and j == len(points) - 1 and ratio <= SURE_WIDE)}
     runs = {key: run for key, run in runs.items() if run is not None}
     if not runs:
-        return [part]
+        return _no_split(part, found, typical, ratio)
     whole = (0, len(points) - 1)
     keys = [k for k in runs if k != whole] + ([whole] if whole in runs else [])  # the whole last: scored already
     scores = np.asarray(score([digit_input(found, runs[k]) for k in keys if k != whole])
@@ -195,9 +195,12 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     widths = np.array([(runs[k].box[3] - runs[k].box[2]) / height for k in keys])
     logs -= (np.maximum(widths - USUAL_WIDTH, 0.0) / WIDTH_FALLOFF) ** 2  # a digit wider than usual is less likely
     path = _best_path(keys, logs, len(points))
-    if path:
-        return [runs[k] for k in path]
-    return [part] if ratio <= SURE_WIDE else _segment(part, found, typical, None)  # surely too wide: shape decides
+    return [runs[k] for k in path] if path else _no_split(part, found, typical, ratio)
+
+
+def _no_split(part: Candidate, found: InkImage, typical: float, ratio: float) -> list[Candidate]:
+    """Recognition found no split: the whole, unless it is surely too wide (then shape alone cuts it)."""
+    return [part] if ratio <= SURE_WIDE else _segment(part, found, typical, None)
 
 
 def _best_path(keys: list[tuple[int, int]], logs: np.ndarray, points: int) -> list[tuple[int, int]] | None:

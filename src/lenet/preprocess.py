@@ -165,14 +165,30 @@ def pixel_repeat(img: Image.Image) -> int:
     rows01, cols01 = np.asarray(img.crop((0, 0, w, 2))), np.asarray(img.crop((0, 0, 2, h)))
     if not (np.array_equal(rows01[0], rows01[1]) and np.array_equal(cols01[:, 0], cols01[:, 1])):
         return 1  # a block of k >= 2 starts at the corner: rows 0 and 1 (and columns) are equal; a photo's are not
-    a = np.asarray(img)
-    a = a.reshape(h, w, -1)  # (H, W, channels) for every mode
-    cols = np.flatnonzero((a[:, 1:] != a[:, :-1]).any(axis=(0, 2))) + 1  # first column of each new run
-    rows = np.flatnonzero((a[1:] != a[:-1]).any(axis=(1, 2))) + 1
-    if len(cols) == 0 and len(rows) == 0:
+    # Three rows and three columns across the middle first (a canvas with blank margins has equal
+    # rows 0 and 1): their change positions are some of the whole image's, so the gcd of the whole
+    # divides theirs, and 1 there ends it (a 2048 px canvas: 1 ms instead of 100 ms).
+    rows = np.concatenate([np.asarray(img.crop((0, y, w, y + 1))).reshape(1, w, -1)
+                           for y in (h // 4, h // 2, 3 * h // 4)])  # (3, W, channels)
+    cols = np.concatenate([np.asarray(img.crop((x, 0, x + 1, h))).reshape(h, 1, -1)
+                           for x in (w // 4, w // 2, 3 * w // 4)], axis=1)  # (H, 3, channels)
+    some = _change_positions(rows, cols)
+    if len(some) and np.gcd.reduce(np.concatenate([some, [w, h]])) == 1:
+        return 1
+    a = np.asarray(img).reshape(h, w, -1)  # (H, W, channels) for every mode
+    changes = _change_positions(a, a)
+    if len(changes) == 0:
         return 1  # one colour: nothing to undo
-    k = int(np.gcd.reduce(np.concatenate([cols, rows, [w, h]])))
+    k = int(np.gcd.reduce(np.concatenate([changes, [w, h]])))
     return k if k >= 2 and min(w, h) // k >= REPEAT_MIN_SIDE else 1
+
+
+def _change_positions(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(R, W, C) rows and (H, K, C) columns of an image -> the positions where a column of
+    `rows` differs from the one before it, and where a row of `cols` does (the first of each new run)."""
+    across = np.flatnonzero((rows[:, 1:] != rows[:, :-1]).any(axis=(0, 2))) + 1
+    down = np.flatnonzero((cols[1:] != cols[:-1]).any(axis=(1, 2))) + 1
+    return np.concatenate([across, down])
 
 
 def undo_pixel_repeat(img: Image.Image) -> Image.Image:
