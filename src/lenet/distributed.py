@@ -88,7 +88,7 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     try:
         # Every rank waits here until all are done (rank 0 writes its files last): a rank that
         # tore its connections down while another still used them could abort the latter
-        # ("terminate called without an active exception", seen once in CI on 2 busy cores).
+        # ("terminate called without an active exception", seen once in CI).
         dist.barrier()
     finally:
         dist.destroy_process_group()
