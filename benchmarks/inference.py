@@ -3,7 +3,8 @@
 - PyTorch, `lenet eval`'s model time (lenet.evaluate over the test set, after loading): the
   model's layers run one by one (`layer_by_layer`), its eval forward before batch norm was
   folded (`normalise_relu_pool` with the running statistics, reproduced here), and its own
-  forward now (batch norm folded, oneDNN's blocked layout);
+  forward now (batch norm folded, oneDNN's blocked layout), in float32 and, where oneDNN has
+  bfloat16 convolutions, in bfloat16 (`lenet eval --precision`; its default on CPUs with AMX);
 - onnxruntime: the float32 and the int8 file of `lenet export [--int8]`, seconds over the test
   set (batches of 1,000), test accuracy and size;
 - `lenet predict` over a folder of realistic digit photos, scans and drawings
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import statistics
@@ -37,6 +39,7 @@ from lenet.checkpoint import load_checkpoint  # noqa: E402
 from lenet.data import load_dataset  # noqa: E402
 from lenet.export import export_onnx  # noqa: E402
 from lenet.layers import LeNet5BN, layer_by_layer, normalise_relu_pool  # noqa: E402
+from lenet.precision import bfloat16_convolutions, set_eval_precision  # noqa: E402
 from lenet.predict import predict_command  # noqa: E402
 from lenet.distributed import cpu_cores  # noqa: E402
 from lenet.train import evaluate  # noqa: E402
@@ -93,6 +96,9 @@ def measure(args) -> dict:
     torch_models = {"layer_by_layer": layer_by_layer(model), "folded": model}
     if isinstance(model, LeNet5BN):
         torch_models["unfolded"] = Unfolded(model)
+        if bfloat16_convolutions():
+            torch_models["folded_bf16"] = copy.deepcopy(model)
+            set_eval_precision(torch_models["folded_bf16"], "bfloat16")
     cases, accuracy = {}, {}
     for name, net in torch_models.items():
         cases[f"torch_{name}"] = lambda net=net: evaluate(net, spec, images, labels)["accuracy"]
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['model']}, {r['images']:,} test images, torch {r['torch_threads']} threads, {r['cores']} cores; "
           f"median of {r['repeats']} interleaved repeats")
     for name, title in (("layer_by_layer", "layer by layer"), ("unfolded", "eval path before folding"),
-                        ("folded", "model's forward now")):
+                        ("folded", "model's forward now"), ("folded_bf16", "model's forward, bfloat16")):
         if f"torch_{name}_seconds" in r:
             print(f"  PyTorch {title:<26}{r[f'torch_{name}_seconds']:8.3f} s {r[f'torch_{name}_speedup']:6.2f}x"
                   f"   accuracy {r[f'torch_{name}_accuracy']:.2%}")

@@ -7,6 +7,7 @@ If the convolutions alone take longer, no Python-level change reaches that epoch
 
     python benchmarks/kernel_floor.py                 # batch 512, PyTorch's default threads
     python benchmarks/kernel_floor.py --batch-size 1024 --json
+    python benchmarks/kernel_floor.py --dtype bfloat16   # the same in bfloat16 (AMX units, where the CPU has them)
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def layer_ms(batch: int, shape, weight_shape, stride: int, groups: int, input_grad: bool, repeats: int):
+def layer_ms(batch: int, shape, weight_shape, stride: int, groups: int, input_grad: bool, repeats: int,
+             dtype: torch.dtype = torch.float32):
     """(forward ms, forward + backward ms) of one convolution on a channels-last batch.
 
     With one input channel, .contiguous(memory_format=channels_last) keeps NCHW strides (both
     layouts are "contiguous"), and oneDNN's weight gradient is then 4x slower; .to() sets the
     channels-last strides, as nn.Module.to(memory_format=...) does for our models."""
     cl = torch.channels_last
-    x = torch.randn(batch, *shape).to(memory_format=cl).requires_grad_(input_grad)
-    w = torch.randn(weight_shape).to(memory_format=cl).requires_grad_()
-    b = torch.randn(weight_shape[0], requires_grad=True)
+    x = torch.randn(batch, *shape).to(dtype, memory_format=cl).requires_grad_(input_grad)
+    w = torch.randn(weight_shape).to(dtype, memory_format=cl).requires_grad_()
+    b = torch.randn(weight_shape[0]).to(dtype).requires_grad_()
     grad = F.conv2d(x, w, b, stride=stride, groups=groups).detach().normal_().contiguous(memory_format=cl)
     wanted = (x, w, b) if input_grad else (w, b)
     with torch.no_grad():
@@ -64,19 +66,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    rows = {name: layer_ms(args.batch_size, *spec, args.repeats) for name, spec in LAYERS.items()}
+    dtype = getattr(torch, args.dtype)
+    rows = {name: layer_ms(args.batch_size, *spec, args.repeats, dtype) for name, spec in LAYERS.items()}
     total = sum(both for _, both in rows.values())
     budget = TARGET_EPOCH_SECONDS * args.batch_size / EPOCH_IMAGES * 1000
-    summary = {"batch_size": args.batch_size, "threads": torch.get_num_threads(),
+    summary = {"batch_size": args.batch_size, "dtype": args.dtype, "threads": torch.get_num_threads(),
                "layers_ms": {k: {"forward": round(f, 2), "forward_backward": round(fb, 2)} for k, (f, fb) in rows.items()},
                "convolutions_ms_per_batch": round(total, 2), "budget_ms_per_batch_for_3s_epoch": round(budget, 2),
                "epoch_seconds_convolutions_alone": round(total / 1000 * EPOCH_IMAGES / args.batch_size, 2)}
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"batch {args.batch_size}, {summary['threads']} threads, median of {args.repeats}")
+    print(f"batch {args.batch_size}, {args.dtype}, {summary['threads']} threads, median of {args.repeats}")
     print(f"{'layer':<22}{'forward ms':>12}{'fwd+bwd ms':>12}")
     for name, (f, fb) in rows.items():
         print(f"{name:<22}{f:>12.2f}{fb:>12.2f}")

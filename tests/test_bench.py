@@ -15,7 +15,7 @@ def test_measurements_on_synthetic_data():
     data = synthetic_dataset(n_train=5_600, n_test=500)
     rate, seconds = train_epoch_rate("lenet5", data, augment=True)
     assert rate > 0 and seconds > 0 and rate * seconds == pytest.approx(5_600 - 5_000, rel=1e-6)
-    assert eval_seconds("lenet5", data) > 0
+    assert eval_seconds("lenet5", data) > 0 and eval_seconds("lenet5-bn", data, precision="auto") > 0
     assert 0 < predict_latency_ms(repeats=3) < 5_000
 
 
@@ -24,7 +24,7 @@ def test_bench_command_json(mnist_root, capsys):
     assert main(["bench", "--json", "--data-root", str(mnist_root)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["train_images_per_second"] > 0 and result["eval_10k_seconds"] > 0
-    assert result["batch_size"] == 512
+    assert result["batch_size"] == 512 and result["eval_precision"] == "float32"  # lenet5 has no bfloat16 path
 
 
 def test_bench_refuses_a_bad_batch_size(capsys):
@@ -48,6 +48,10 @@ def test_inference_benchmark_runs_with_tiny_sizes(synthetic_mnist_root, capsys):
                 "predict_1_process_images_per_second", "predict_all_cores_images_per_second"):
         assert r[key] > 0, key
     assert r["onnx_int8_bytes"] < r["onnx_fp32_bytes"] / 3 and 0 <= r["onnx_int8_accuracy"] <= 1
+    from lenet.precision import bfloat16_convolutions
+
+    if bfloat16_convolutions():  # the bfloat16 forward is timed too
+        assert r["torch_folded_bf16_seconds"] > 0 and 0 <= r["torch_folded_bf16_accuracy"] <= 1
     assert module.main(argv) == 0
     text = capsys.readouterr().out
     assert "onnxruntime int8" in text and "images/s in one process" in text

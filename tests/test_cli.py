@@ -178,14 +178,63 @@ def test_eval_writes_its_report_and_pictures(untrained_eval, synthetic_mnist_roo
     assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root)]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0] == f"{checkpoint} on mnist test: accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}"
-    assert len(text) == 11  # then one line per class
+    assert len(text) == 12  # then one line per class, then the model time
+    assert text[-1].startswith("model time ") and text[-1].endswith(f" s ({result['precision']})")
+    from lenet.precision import bfloat16_in_hardware
+
+    assert result["precision"] == ("bfloat16" if bfloat16_in_hardware() else "float32")  # --precision auto
+
+
+def test_eval_precision_bfloat16_for_a_model_without_it_is_one_error_line(synthetic_mnist_root, tmp_path, capsys):
+    from lenet.checkpoint import save_checkpoint
+    from lenet.models import create_model
+
+    checkpoint = tmp_path / "paper.safetensors"
+    save_checkpoint(checkpoint, create_model("lenet5"), {"model": "lenet5", "dataset": "mnist",
+                                                         "class_names": list("0123456789")})
+    code = main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root),
+                 "--precision", "bfloat16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "--precision bfloat16: only lenet5-bn models" in err[0]
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root),
+                 "--precision", "auto", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "float32"
+
+
+def test_eval_precision_bfloat16_moves_the_loss_a_little(untrained_eval, synthetic_mnist_root, capsys):
+    from lenet.precision import bfloat16_convolutions
+
+    if not bfloat16_convolutions():
+        pytest.skip("no oneDNN bfloat16 convolutions in this build or CPU")
+    checkpoint, _, _ = untrained_eval
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(synthetic_mnist_root),
+                     "--precision", precision, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["precision"] == precision
+        losses[precision] = result["loss"]
+    assert losses["float32"] != losses["bfloat16"] and abs(losses["float32"] - losses["bfloat16"]) < 0.05
 
 
 @pytest.mark.slow
 def test_eval_of_the_embedded_model_on_real_mnist(mnist_root, capsys):
-    assert main(["eval", "--data-root", str(mnist_root), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["accuracy"] > 0.99 and sum(map(sum, result["confusion_matrix"])) == 10_000
+    """Both precisions on the real test set: where bfloat16 runs (asked for, where oneDNN has it),
+    its predictions are float32's on all but a handful of the 10,000 images."""
+    from lenet.precision import bfloat16_convolutions, bfloat16_in_hardware
+
+    results = {}
+    precisions = ["float32"] + (["bfloat16"] if bfloat16_convolutions() else [])
+    for precision in ["auto", *precisions]:
+        assert main(["eval", "--data-root", str(mnist_root), "--json", "--precision", precision]) == 0
+        results[precision] = result = json.loads(capsys.readouterr().out)
+        assert result["accuracy"] > 0.99 and sum(map(sum, result["confusion_matrix"])) == 10_000
+    assert results["auto"]["precision"] == ("bfloat16" if bfloat16_in_hardware() else "float32")
+    if "bfloat16" in results:
+        f32, b16 = (torch.tensor(results[p]["confusion_matrix"]) for p in ("float32", "bfloat16"))
+        assert results["bfloat16"]["precision"] == "bfloat16"
+        assert (f32 - b16).abs().sum() <= 10  # each changed prediction moves 2 counts
+        assert abs(results["bfloat16"]["loss"] - results["float32"]["loss"]) < 0.01
 
 
 def test_train_interrupted_then_resumed_through_the_cli(synthetic_mnist_root, tmp_path, capsys, monkeypatch):

@@ -1,13 +1,14 @@
 """Eval mode's fast forwards give the layer-by-layer model's logits, for every model in the zoo:
 with and without autograd (oneDNN's blocked layout or dense tensors), any batch size, batch norm
-with non-trivial running statistics (negative gammas too), the embedded checkpoints."""
+with non-trivial running statistics (negative gammas too), the embedded checkpoints. In bfloat16
+(lenet.precision) they stay close, and only where they should run in it."""
 
 import pytest
 import torch
 from torch import nn
 
 from lenet.checkpoint import load_checkpoint
-from lenet import layers
+from lenet import layers, precision
 from lenet.layers import LeNet5BN, layer_by_layer
 from lenet.models import create_model, list_models, prepare_input
 
@@ -123,3 +124,71 @@ def test_empty_batch_in_eval_mode():
     model = create_model("lenet5-bn").eval()
     with torch.inference_mode():
         assert model(torch.zeros(0, 1, 32, 32)).shape == (0, 10)
+
+
+bf16_convolutions = pytest.mark.skipif(not precision.bfloat16_convolutions(),
+                                       reason="no oneDNN bfloat16 convolutions in this build or CPU")
+
+
+@bf16_convolutions
+@pytest.mark.parametrize("batch", [1, 37])
+def test_bfloat16_eval_is_close_to_float32_and_only_without_autograd(batch, monkeypatch):
+    """set_eval_precision(model, "bfloat16"): the conv blocks and C5 run in bfloat16 (the logits move
+    off the float32 ones, by at most a few per cent of their scale); with autograd on (lenet explain's
+    attributions) the model is the exact float32 function still."""
+    monkeypatch.setattr(layers, "EVAL_CHUNK", 16)
+    torch.manual_seed(0)
+    model = trained_statistics(create_model("lenet5-bn", c1=12, c3=24, dropout=0.1))
+    x = inputs(model, batch)
+    with torch.no_grad():
+        want = layer_by_layer(model)(x)
+    assert precision.set_eval_precision(model, "bfloat16") == "bfloat16" and model.eval_dtype == torch.bfloat16
+    with torch.inference_mode():
+        got = model(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    error = (got - want).abs().max().item()
+    assert 1e-5 < error <= 0.03 * want.abs().max().item()  # bfloat16 ran, and stayed close
+    torch.testing.assert_close(model(x).detach(), want, rtol=1e-4, atol=1e-4)  # autograd on: float32
+    assert precision.set_eval_precision(model, "float32") == "float32"
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bfloat16_only_with_amx_and_only_for_lenet5_bn(amx, monkeypatch):
+    monkeypatch.setattr(precision, "bfloat16_in_hardware", lambda: amx)
+    bn, paper = create_model("lenet5-bn"), create_model("lenet5")
+    assert precision.set_eval_precision(bn, "auto") == ("bfloat16" if amx else "float32")
+    assert bn.eval_dtype == (torch.bfloat16 if amx else torch.float32)
+    assert precision.set_eval_precision(paper, "auto") == "float32"
+    assert precision.set_eval_precision(paper, "float32") == "float32"
+    with pytest.raises(ValueError, match="only lenet5-bn"):
+        precision.set_eval_precision(paper, "bfloat16")
+    with pytest.raises(ValueError, match="one of auto, float32, bfloat16"):
+        precision.set_eval_precision(bn, "float16")
+
+
+def test_the_cli_offers_the_same_precisions_as_the_layers():
+    from lenet import cli
+
+    assert cli.EVAL_PRECISIONS == precision.EVAL_PRECISIONS
+
+
+@bf16_convolutions
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags() says it on CPUs
+def test_bfloat16_setting_leaves_bfloat16_models_empty_batches_and_disabled_onednn_alone():
+    torch.manual_seed(0)
+    model = trained_statistics(create_model("lenet5-bn"))
+    precision.set_eval_precision(model, "bfloat16")
+    with torch.inference_mode():
+        assert model(torch.zeros(0, 1, 32, 32)).shape == (0, 10)
+        x = inputs(model, 5)
+        with torch.backends.mkldnn.flags(enabled=False):  # no oneDNN: the dense float32 path, exactly
+            torch.testing.assert_close(model(x), layer_by_layer(model)(x), rtol=1e-4, atol=1e-4)
+            assert not precision.bfloat16_convolutions() and precision.set_eval_precision(model, "auto") == "float32"
+            with pytest.raises(ValueError, match="no oneDNN bfloat16"):
+                precision.set_eval_precision(model, "bfloat16")
+    precision.set_eval_precision(model, "bfloat16")
+    model = model.to(torch.bfloat16)  # a model whose weights are bfloat16 keeps bfloat16 logits
+    with torch.inference_mode():
+        assert model(x.to(torch.bfloat16)).dtype == torch.bfloat16

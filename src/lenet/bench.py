@@ -21,6 +21,7 @@ from lenet.config import TrainConfig, check
 from lenet.data import Dataset, load_dataset
 from lenet.layers import layer_by_layer
 from lenet.models import create_model
+from lenet.precision import set_eval_precision
 from lenet.train import Run, evaluate
 
 
@@ -37,9 +38,11 @@ def train_epoch_rate(model_name: str, data: Dataset, augment: bool, batch_size: 
     return row["images_per_second"], row["seconds"]
 
 
-def eval_seconds(model_name: str, data: Dataset, layerwise: bool = False) -> float:
-    """Seconds to evaluate the whole test set (after one warm-up batch)."""
+def eval_seconds(model_name: str, data: Dataset, layerwise: bool = False, precision: str = "float32") -> float:
+    """Seconds to evaluate the whole test set (after one warm-up batch); `precision` as
+    `lenet eval --precision` (lenet.precision)."""
     model = create_model(model_name).to(memory_format=torch.channels_last)
+    set_eval_precision(model, precision)
     spec = model.input_spec
     if layerwise:
         model = layer_by_layer(model)
@@ -69,8 +72,10 @@ def bench(model_name: str = "lenet5", root: Path | None = None, batch_size: int 
     data = load_dataset("mnist", root)
     rate, seconds = train_epoch_rate(model_name, data, False, batch_size)
     aug_rate, aug_seconds = train_epoch_rate(model_name, data, True, batch_size)
+    precision = set_eval_precision(create_model(model_name), "auto")  # what `lenet eval` runs
+    eval_10k = eval_seconds(model_name, data, precision=precision)
     return {"model": model_name, "threads": torch.get_num_threads(), "batch_size": batch_size,
             "train_images_per_second": round(rate), "epoch_seconds": round(seconds, 2),
             "train_images_per_second_augmented": round(aug_rate), "epoch_seconds_augmented": round(aug_seconds, 2),
-            "eval_10k_seconds": round(eval_seconds(model_name, data), 3),
+            "eval_10k_seconds": round(eval_10k, 3), "eval_precision": precision,
             "predict_one_drawing_ms": round(predict_latency_ms(), 2)}

@@ -7,6 +7,7 @@ always that function, never this module.)
     lenet eval                                   # the embedded MNIST model
     lenet eval --checkpoint runs/best/model.safetensors --json
     lenet eval --checkpoint fashion-mnist --out runs/eval-fashion
+    lenet eval --precision float32               # no bfloat16, even on a CPU with AMX
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lenet.checkpoint import load_checkpoint
 from lenet.data import load_dataset
 from lenet.errors import LenetError
 from lenet.fileio import write_json
+from lenet.precision import set_eval_precision
 from lenet.report import plot_confusion, save_image_grid
 from lenet.train import evaluate
 
@@ -33,11 +35,17 @@ def mistake_label(true: str, predicted: str) -> str:
 
 
 def eval_command(checkpoint: str | None, dataset: str | None, out: Path | None,
-                 root: str | None = None) -> dict[str, Any]:
+                 root: str | None = None, precision: str = "auto") -> dict[str, Any]:
     """Evaluate on the test set; with `out`, also write confusion.png, mistakes.png ("true 2 →
     predicted 7"), predictions.png (the first test images with their predicted class, wrong ones
-    framed in red) and eval.json; each picture's title names the model, the dataset and the figure."""
+    framed in red) and eval.json; each picture's title names the model, the dataset and the figure.
+    `precision` (lenet.precision.set_eval_precision): "auto" runs lenet5-bn's conv blocks in bfloat16
+    where the CPU has AMX; the report's "precision" says which ran."""
     model, meta = load_checkpoint(checkpoint)
+    try:
+        precision = set_eval_precision(model, precision)
+    except ValueError as e:
+        raise LenetError(f"--precision {precision}: {e} ({meta['path']}: {meta['model']})") from None
     trained_on = meta.get("dataset")
     dataset = dataset or trained_on
     if dataset != trained_on:
@@ -54,7 +62,7 @@ def eval_command(checkpoint: str | None, dataset: str | None, out: Path | None,
     pred = result.pop("predictions")
     report = {"checkpoint": meta["path"], "model": meta["model"], "dataset": dataset,
               "class_names": data.class_names, **result, "errors": int((pred != data.test_labels).sum()),
-              "model_seconds": round(seconds, 4)}
+              "model_seconds": round(seconds, 4), "precision": precision}
     if out is not None:
         all_wrong = (pred != data.test_labels).nonzero().flatten()
         wrong = all_wrong[:MAX_MISTAKES_SHOWN]

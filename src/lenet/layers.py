@@ -15,13 +15,15 @@ fewer, cheaper passes over memory (profiled on a 2-core CPU, batch 512):
 after (`normalise_relu_pool`): both are monotone per channel, so the result is the same and
 the elementwise work is a quarter. In eval mode it folds each batch norm into the layer before
 it and runs its conv blocks on oneDNN's blocked layout (`_folded_forward`): `lenet eval` 1.3-1.8x
-as fast again.
+as fast again. With `eval_dtype` bfloat16 (lenet.precision, `lenet eval`'s default on CPUs with
+AMX units) those blocks and C5 run in bfloat16: the only fast path that is *not* the same
+function to float rounding (logits within a few hundredths, tests/test_fast_eval.py).
 
 Each model decides for itself when to take its fast path (`runs_layer_by_layer`): always,
 except where a caller needs to see the layers one by one (torch.jit tracing and ONNX export,
 torch.compile/torch.export, forward hooks on a layer as torchinfo's summary registers them);
-then it runs its modules in order, as the nn.Sequential it is. Each fast path is the same
-function to float rounding, and tests/test_layers.py checks outputs, gradients and running
+then it runs its modules in order, as the nn.Sequential it is. Each fast path in float32 is the
+same function to float rounding, and tests/test_layers.py checks outputs, gradients and running
 statistics against the layer-by-layer run (`layer_by_layer(model)`).
 """
 
@@ -271,13 +273,15 @@ class LeNet5BN(nn.Sequential):
             nn.Dropout(dropout),
             nn.Linear(f6, num_classes),
         )
+        # Precision of the eval-mode conv blocks and C5 on a CPU (lenet.precision); not saved.
+        self.eval_dtype = torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if runs_layer_by_layer(self):
             return super().forward(x)
         layers = list(self)  # (slicing a Sequential would call this class's constructor)
         if not any(m.training or m.running_mean is None for m in layers if isinstance(m, _BatchNorm)):
-            return self._folded_forward(x, layers)  # eval mode (evaluate, predict, serve)
+            return self._folded_forward(x, layers, self.eval_dtype)  # eval mode (evaluate, predict, serve)
         for conv, bn, _, pool in (layers[0:4], layers[4:8]):
             x = normalise_relu_pool(conv(x), bn, pool)
         for layer in layers[8:]:
@@ -285,29 +289,35 @@ class LeNet5BN(nn.Sequential):
         return x
 
     @staticmethod
-    def _folded_forward(x: torch.Tensor, layers: list[nn.Module]) -> torch.Tensor:
+    def _folded_forward(x: torch.Tensor, layers: list[nn.Module], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Eval mode: each batch norm folded into the conv or linear layer before it
         (`fold_batch_norm`), max-pooling before ReLU (ReLU is monotone: the same result on a
         quarter of the values), C5 as the linear layer it is on a 5x5 input (7x faster than the
         conv). Where no gradient is wanted, on a CPU, the conv blocks run on oneDNN's blocked
         layout (`to_mkldnn`: no reorder between conv, pool and ReLU), EVAL_CHUNK images at a time
         (a bound on the memory; fewer, larger chunks suffer less where the CPU is shared: each
-        oneDNN call waits for all its threads). benchmarks/inference.py times it."""
+        oneDNN call waits for all its threads). benchmarks/inference.py times it.
+
+        With `dtype` bfloat16 that path runs the conv blocks and C5 in bfloat16 (oneDNN wants
+        the bias blocked too then); F6 and the classifier stay in float32."""
         c1, n1, _, p1, c3, n3, _, p3, c5, n5, _, flat, f6, n6, _, drop, out = layers
         blocks = [(c1, *fold_batch_norm(c1, n1), p1), (c3, *fold_batch_norm(c3, n3), p3)]
         if (x.device.type == "cpu" and x.dtype == c1.weight.dtype == torch.float32 and x.dim() == 4 and len(x) > 0
                 and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            blocks = [(conv, weight.to_mkldnn(), bias, pool) for conv, weight, bias, pool in blocks]  # C1: 2x faster
-            h = torch.cat([conv_blocks(x[i:i + EVAL_CHUNK].to_mkldnn(), blocks).to_dense()
-                           for i in range(0, len(x), EVAL_CHUNK)])  # (B, c3, 5, 5)
+            low = dtype == torch.bfloat16
+            blocks = [(conv, weight.to(dtype).to_mkldnn(), bias.to(dtype).to_mkldnn() if low else bias, pool)
+                      for conv, weight, bias, pool in blocks]  # C1: 2x faster than dense float32
+            h = torch.cat([conv_blocks(x[i:i + EVAL_CHUNK].to(dtype).to_mkldnn(), blocks).to_dense()
+                           for i in range(0, len(x), EVAL_CHUNK)])  # (B, c3, 5, 5), float32 or bfloat16
         else:
             h = conv_blocks(x, blocks)
         weight, bias = fold_batch_norm(c5, n5)
         if (h.shape[-2:] == weight.shape[-2:] and c5.padding in ((0, 0), "valid") and c5.groups == 1
                 and c5.dilation == (1, 1)):  # C5 covers its whole input
-            h = torch.relu(F.linear(h.flatten(1), weight.flatten(1), bias))  # (B, c5)
+            h = torch.relu(F.linear(h.flatten(1), weight.flatten(1).to(h.dtype), bias.to(h.dtype)))  # (B, c5)
+            h = h.to(weight.dtype)  # back to the model's dtype after the bfloat16 path
         else:
-            h = flat(torch.relu(c5._conv_forward(h, weight, bias)))
+            h = flat(torch.relu(c5._conv_forward(h.to(weight.dtype), weight, bias)))
         h = torch.relu(F.linear(h, *fold_batch_norm(f6, n6)))  # (B, f6)
         return out(drop(h))  # logits: (B, classes)
 
