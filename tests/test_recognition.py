@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from lenet.errors import LenetError
 from lenet.numbers import Candidate, merge_broken, read_number, split_wide
@@ -313,6 +313,33 @@ def test_a_surely_wide_candidate_without_cut_places_is_cut_by_shape():
     asked = []
     pieces = split_wide([wedge], None, lambda items: asked.append(len(items)) or [0.99] * len(items))
     assert len(pieces) == 2 and sum(len(p.xs) for p in pieces) == len(xs) and not asked
+
+
+def test_bars_are_not_digits_of_a_number():
+    """A dash or a rule (one stroke deep, twice as wide as tall) is neither split into digits nor
+    read as one: a dashed line alone is no number (it read as three 2s per dash, "ok", and took
+    13 s for 60 dashes), and a number over a dashed line reads as its digits alone."""
+    ys, xs = np.mgrid[0:4, 0:18]
+    bar = Candidate(ys.ravel(), xs.ravel(), float(ys.size))
+    asked = []
+    for score in (None, lambda items: asked.append(len(items)) or [0.99] * len(items)):
+        assert len(split_wide([bar], None, score)) == 1
+    assert not asked
+
+    def dashes(img: Image.Image, y: int) -> Image.Image:
+        for i in range(img.width // 30):
+            ImageDraw.Draw(img).line([(10 + i * 29, y), (28 + i * 29, y)], fill=0, width=4)
+        return img
+
+    sure = lambda items: [0.99] * len(items)  # noqa: E731 - a stand-in model, sure of everything
+    digits, reason = read_number(dashes(Image.new("L", (1200, 120), 255), 60), sure)
+    assert digits == [] and reason == "no digit found: only dashes or lines"
+    number = number_image([ONE, SEVEN, ZERO, FOUR])  # 4 digits, 100 px, over 200 px of height
+    tall = Image.new("L", (number.width, number.height + 60), 255)
+    tall.paste(number, (0, 0))
+    digits, reason = read_number(dashes(tall, number.height + 30), sure)
+    assert reason is None and len(digits) == 4
+    assert Predictor().predict_number(dashes(Image.new("L", (1200, 120), 255), 60))["status"] == "no_digit"
 
 
 def preprocess_ink(img):

@@ -8,12 +8,13 @@ working resolution, then:
   1. connected components of the ink (8-connected), specks dropped;
   2. the broken parts of one digit merged: parts that share most of their columns (a 5's
      flag over its body, a 4's two strokes, a 7's bar), or a small part right beside one;
-  3. a candidate that may hold several touching digits segmented by recognition: cuts may
-     fall where its ink is locally thinnest; the model scores every run between two cuts
-     (how surely it is one digit), a width prior and a cost per digit are added, and dynamic
+  3. bars dropped (a dash, an underline, a rule: one stroke deep, twice as wide as tall);
+  4. a candidate that may hold several touching digits segmented by recognition: cuts may
+     fall where its ink is locally thinnest; the model scores every run between two cuts (how
+     surely it is one digit), a width prior and a cost per digit are added, and dynamic
      programming picks the best split, or none (without a model: cut at the thinnest column
      when surely too wide);
-  4. each candidate's soft ink cropped and made into a 28x28 input like any single digit.
+  5. each candidate's soft ink cropped and made into a 28x28 input like any single digit.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ SURE_PIECE = 0.7  # each digit a split makes must score at least this
 SURELY_ONE = 0.9  # a candidate the model reads as one digit at least this surely stays whole
 USUAL_WIDTH, WIDTH_FALLOFF = 0.9, 0.3  # digits are at most this wide (in heights); wider, a Gaussian fall-off
 CUT_ZONE = (0.3, 0.7)  # without a model: where the one cut may fall, as shares of the candidate's width
+BAR = 1.6  # a candidate at most this many times as tall as its ink is deep in a usual column is one stroke ...
+BAR_WIDE = 2.0  # ... and, this many times as wide as tall, a bar (a dash, a rule): not a digit
 Score = Callable[[list[Preprocessed]], list[float]]  # inputs -> how surely each is a digit, in [0, 1]
 
 
@@ -72,7 +75,10 @@ def read_number(img: Image.Image, score: Score | None = None) -> tuple[list[Prep
     parts = components(found)
     if not parts:
         return [], "no digit found: the ink is too faint"
-    digits = split_wide(merge_broken(parts), found, score)
+    candidates = [c for c in merge_broken(parts) if not _is_bar(c)]
+    if not candidates:
+        return [], "no digit found: only dashes or lines"
+    digits = split_wide(candidates, found, score)
     digits.sort(key=lambda c: (c.box[2] + c.box[3]) / 2)  # left to right by the box's centre
     return [digit_input(found, c) for c in digits], None
 
@@ -171,7 +177,7 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     top, bottom, left, right = part.box
     height = max(bottom - top, typical)
     ratio = (right - left) / height
-    if ratio <= MAY_BE_SEVERAL or len(part.xs) < 4:
+    if ratio <= MAY_BE_SEVERAL or len(part.xs) < 4 or _is_bar(part):  # (a bar: read_number drops those)
         return [part]
     if score is None:
         halves = _cut(part) if ratio > SURE_WIDE else None
@@ -196,6 +202,17 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
     logs -= (np.maximum(widths - USUAL_WIDTH, 0.0) / WIDTH_FALLOFF) ** 2  # a digit wider than usual is less likely
     path = _best_path(keys, logs, len(points))
     return [runs[k] for k in path] if path else _no_split(part, found, typical, ratio)
+
+
+def _is_bar(part: Candidate) -> bool:
+    """A dash, an underline, a rule: at least BAR_WIDE times as wide as tall, and the ink fills
+    the box top to bottom in most columns, one stroke deep (a digit's columns cross strokes with
+    background between them; a 1 is one stroke deep too, but tall)."""
+    top, bottom, left, right = part.box
+    if right - left < BAR_WIDE * (bottom - top):
+        return False
+    depth = np.bincount(part.xs - left, minlength=right - left)  # (width,) ink pixels per column
+    return bottom - top <= BAR * float(np.median(depth[depth > 0]))
 
 
 def _no_split(part: Candidate, found: InkImage, typical: float, ratio: float) -> list[Candidate]:
