@@ -342,6 +342,19 @@ def test_bars_are_not_digits_of_a_number():
     assert Predictor().predict_number(dashes(Image.new("L", (1200, 120), 255), 60))["status"] == "no_digit"
 
 
+@pytest.mark.parametrize("length,width", [(120, 20), (160, 8), (60, 16), (90, 4)])
+def test_a_dash_alone_is_not_a_digit(length, width):
+    """A lone dash or rule read as a 2 or a 7 with status ok (the detector had not seen bars);
+    a 1, one stroke deep too but tall, and a 7 are not bars."""
+    predictor = Predictor()
+    img = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(img).line([(100 - length // 2, 100), (100 + length // 2, 100)], fill=0, width=width)
+    assert predictor.preprocess(img).bar and predictor.predict(img)["status"] == "not_a_digit"
+    for shape in (ONE, SEVEN, ZERO):
+        digit = stroke(shape, size=(200, 200), box=(0.3, 0.1, 0.7, 0.9), width=0.1)
+        assert not predictor.preprocess(digit).bar
+
+
 def preprocess_ink(img):
     from lenet.preprocess import find_ink
 

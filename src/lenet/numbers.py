@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from lenet import imageops
-from lenet.preprocess import DIGITS, InkImage, Preprocessed, find_ink, soft_ink, to_model_input
+from lenet.preprocess import DIGITS, InkImage, Preprocessed, find_ink, looks_like_a_bar, soft_ink, to_model_input
 
 NUMBER_SIDE = 640  # long side the analysis runs at: 8 digits across keep ~60 px each
 SPECK = 0.03  # a part with under 3% of the heaviest part's ink, not beside a digit, is a speck
@@ -43,8 +43,6 @@ SURE_PIECE = 0.7  # each digit a split makes must score at least this
 SURELY_ONE = 0.9  # a candidate the model reads as one digit at least this surely stays whole
 USUAL_WIDTH, WIDTH_FALLOFF = 0.9, 0.3  # digits are at most this wide (in heights); wider, a Gaussian fall-off
 CUT_ZONE = (0.3, 0.7)  # without a model: where the one cut may fall, as shares of the candidate's width
-BAR = 1.6  # a candidate at most this many times as tall as its ink is deep in a usual column is one stroke ...
-BAR_WIDE = 2.0  # ... and, this many times as wide as tall, a bar (a dash, a rule): not a digit
 Score = Callable[[list[Preprocessed]], list[float]]  # inputs -> how surely each is a digit, in [0, 1]
 
 
@@ -205,14 +203,11 @@ def _segment(part: Candidate, found: InkImage, typical: float, score: Score | No
 
 
 def _is_bar(part: Candidate) -> bool:
-    """A dash, an underline, a rule: at least BAR_WIDE times as wide as tall, and the ink fills
-    the box top to bottom in most columns, one stroke deep (a digit's columns cross strokes with
-    background between them; a 1 is one stroke deep too, but tall)."""
+    """A dash, an underline, a rule (lenet.preprocess.looks_like_a_bar), the stroke taken as the
+    ink's depth in a usual column: a bar fills its box top to bottom there."""
     top, bottom, left, right = part.box
-    if right - left < BAR_WIDE * (bottom - top):
-        return False
     depth = np.bincount(part.xs - left, minlength=right - left)  # (width,) ink pixels per column
-    return bottom - top <= BAR * float(np.median(depth[depth > 0]))
+    return looks_like_a_bar(bottom - top, right - left, float(np.median(depth[depth > 0])))
 
 
 def _no_split(part: Candidate, found: InkImage, typical: float, ratio: float) -> list[Candidate]:

@@ -111,6 +111,8 @@ class Predictor:
             values, indices = p.topk(k)
             best = int(indices[0])
             status, between = self.trust.status(p, None if p_not is None else float(p_not[row]))
+            if self.digits and items[i].bar:  # a dash or a rule: the model would call it a 2 or a 7
+                status, between = "not_a_digit", None
             results[i] = {
                 "prediction": best, "name": self.class_names[best], "confidence": round(float(values[0]), 6),
                 "probabilities": [round(float(v), 6) for v in p],

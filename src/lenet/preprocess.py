@@ -98,6 +98,13 @@ DIGITS = Mode("digits", BOX, True, "fit", 0.4, 0.75, 2.5, True, True)
 # stroke change, the long side fills all 28 px and the box is centred, as in Fashion-MNIST.
 OBJECTS = Mode("objects", OUT, False, "border", 0.1, 0.99, 0.0, False, False)
 MODES = {m.name: m for m in (DIGITS, OBJECTS)}
+BAR_DEPTH, BAR_WIDE = 1.6, 2.0  # ink at most this many strokes deep and this many times as wide as tall: a bar
+
+
+def looks_like_a_bar(height: float, width: float, stroke: float) -> bool:
+    """A dash, an underline, a rule: no digit is that wide and only one stroke deep (a 1 is one
+    stroke deep, but tall). Any one unit for the three lengths."""
+    return width >= BAR_WIDE * height and height <= BAR_DEPTH * stroke
 
 
 @dataclass
@@ -112,6 +119,15 @@ class Preprocessed:
     noise: float = 0.0  # robust std of the paper, grey levels
     stroke_width: float = 0.0  # estimated stroke width in 20-box pixels, before any change
     stroke_change: float = 0.0  # width added (+) or removed (-), in 20-box pixels
+
+    @property
+    def bar(self) -> bool:
+        """Its digit-mode ink is a bar (looks_like_a_bar): a dash or a rule, not a digit."""
+        if self.bbox is None or self.stroke_width <= 0:
+            return False
+        left, top, right, bottom = self.bbox
+        scale = BOX / max(right - left, bottom - top, 1)  # input pixels -> 20-box pixels
+        return looks_like_a_bar((bottom - top) * scale, (right - left) * scale, self.stroke_width)
 
 
 def to_gray(img: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
