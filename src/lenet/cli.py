@@ -333,7 +333,7 @@ def build_parser() -> Parser:
     sp.add_argument("--format", choices=("onnx",), default="onnx")
     sp.add_argument("--int8", action="store_true", help="static int8 quantisation, calibrated on 300 training "
                     "images of the checkpoint's dataset (needs it: --data-root): for the embedded model a 3.4x "
-                    "smaller file (110 kB), 1.4x faster under onnxruntime on one thread (1.0-1.3x on two, "
+                    "smaller file (110 kB), 1.3-1.45x faster under onnxruntime on one thread (1.0-1.4x on two, "
                     "this 2-core CPU), the same test accuracy (99.69%%; reported)")
     sp.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     add_data_root(sp)
