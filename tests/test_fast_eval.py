@@ -168,7 +168,7 @@ def test_auto_precision_is_bfloat16_only_with_amx_and_only_for_lenet5_bn(amx, mo
         precision.set_eval_precision(bn, "float16")
 
 
-def test_the_cli_offers_the_same_precisions_as_the_layers():
+def test_the_cli_offers_the_same_precisions_as_lenet_precision():
     from lenet import cli
 
     assert cli.EVAL_PRECISIONS == precision.EVAL_PRECISIONS
